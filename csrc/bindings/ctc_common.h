@@ -1,0 +1,57 @@
+// Shared glue between torch tensors and the torch-free ctc::Batch.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "../ctc/ctc_core.h"
+
+namespace pyprune {
+namespace ctc {
+
+// scores: (T, N, C) with a contiguous class dimension. The Python layer
+// normalises layouts and validates values; these checks keep the kernels safe
+// when the raw ops are called directly.
+inline void check_scores(const at::Tensor& scores) {
+  TORCH_CHECK(scores.dim() == 3, "pyprune_C: scores must be (T, N, C), got ", scores.dim(), " dims");
+  TORCH_CHECK(scores.stride(2) == 1 || scores.size(2) <= 1,
+              "pyprune_C: scores must have a contiguous class dimension");
+  TORCH_CHECK(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble,
+              "pyprune_C: scores must be float32 or float64, got ", scores.scalar_type());
+}
+
+inline void check_index(const at::Tensor& t, const char* name, int64_t numel, const at::Tensor& like) {
+  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous(),
+              "pyprune_C: ", name, " must be a contiguous 1-D int64 tensor");
+  TORCH_CHECK(numel < 0 || t.numel() == numel, "pyprune_C: ", name, " must have ", numel,
+              " elements, got ", t.numel());
+  TORCH_CHECK(t.device() == like.device(), "pyprune_C: ", name, " must be on ", like.device());
+}
+
+inline Batch make_batch(const at::Tensor& scores, const at::Tensor& targets,
+                        const at::Tensor& target_offsets, const at::Tensor& input_lengths,
+                        const at::Tensor& target_lengths, int64_t max_target_length,
+                        int64_t blank) {
+  check_scores(scores);
+  const int64_t N = scores.size(1);
+  check_index(targets, "targets", -1, scores);
+  check_index(target_offsets, "target_offsets", N, scores);
+  check_index(input_lengths, "input_lengths", N, scores);
+  check_index(target_lengths, "target_lengths", N, scores);
+  Batch b;
+  b.max_time = scores.size(0);
+  b.batch_size = N;
+  b.num_classes = scores.size(2);
+  b.stride_time = scores.stride(0);
+  b.stride_batch = scores.stride(1);
+  b.targets = targets.data_ptr<int64_t>();
+  b.num_labels = targets.numel();
+  b.target_offsets = target_offsets.data_ptr<int64_t>();
+  b.input_lengths = input_lengths.data_ptr<int64_t>();
+  b.target_lengths = target_lengths.data_ptr<int64_t>();
+  b.max_target_length = max_target_length;
+  b.blank = blank;
+  return b;
+}
+
+}  // namespace ctc
+}  // namespace pyprune

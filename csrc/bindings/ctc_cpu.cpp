@@ -1,0 +1,138 @@
+// CPU registrations of the CTC kernel ops: tensors in, ctc::*_cpu out,
+// parallel over samples (or frames) with at::parallel_for.
+#include <ATen/Parallel.h>
+#include <limits>
+#include <torch/library.h>
+
+#include "ctc_common.h"
+
+namespace pyprune {
+namespace ctc {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& scores,
+                                           const c10::optional<at::Tensor>& row_shift,
+                                           const at::Tensor& targets,
+                                           const at::Tensor& target_offsets,
+                                           const at::Tensor& input_lengths,
+                                           const at::Tensor& target_lengths,
+                                           int64_t max_target_length, int64_t blank,
+                                           bool zero_infinity) {
+  const Batch b = make_batch(scores, targets, target_offsets, input_lengths, target_lengths,
+                             max_target_length, blank);
+  auto nll = at::empty({b.batch_size}, scores.options());
+  // Filled so that slots no sample uses hold a defined value (-inf).
+  auto log_alpha = at::full({alpha_size(b)}, -std::numeric_limits<double>::infinity(), scores.options());
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "pyprune_ctc_forward", [&] {
+    const scalar_t* shift = row_shift ? row_shift->data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
+      forward_cpu<scalar_t>(b, scores.data_ptr<scalar_t>(), shift, zero_infinity,
+                            nll.data_ptr<scalar_t>(), log_alpha.data_ptr<scalar_t>(), lo, hi);
+    });
+  });
+  return {nll, log_alpha};
+}
+
+at::Tensor backward(const at::Tensor& grad_nll, const c10::optional<at::Tensor>& grad_smooth,
+                    const at::Tensor& scores, const c10::optional<at::Tensor>& row_shift,
+                    const at::Tensor& targets, const at::Tensor& target_offsets,
+                    const at::Tensor& input_lengths, const at::Tensor& target_lengths,
+                    const at::Tensor& nll, const at::Tensor& log_alpha,
+                    int64_t max_target_length, int64_t blank, bool zero_infinity) {
+  const Batch b = make_batch(scores, targets, target_offsets, input_lengths, target_lengths,
+                             max_target_length, blank);
+  TORCH_CHECK(log_alpha.numel() == alpha_size(b), "pyprune_C: log_alpha has the wrong size");
+  // The gradient takes the input's memory layout (batch-first stays batch-first).
+  auto grad = at::empty_like(scores);
+  if (grad.stride(2) != 1) grad = at::empty(scores.sizes(), scores.options());
+  const auto g = grad_nll.to(scores.scalar_type()).contiguous();
+  const auto h = grad_smooth ? c10::optional<at::Tensor>(grad_smooth->to(scores.scalar_type()).contiguous())
+                             : c10::nullopt;
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "pyprune_ctc_backward", [&] {
+    const scalar_t* shift = row_shift ? row_shift->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* hp = h ? h->data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
+      backward_cpu<scalar_t>(b, scores.data_ptr<scalar_t>(), shift, g.data_ptr<scalar_t>(), hp,
+                             nll.data_ptr<scalar_t>(), log_alpha.data_ptr<scalar_t>(),
+                             zero_infinity, grad.data_ptr<scalar_t>(), grad.stride(0),
+                             grad.stride(1), lo, hi);
+    });
+  });
+  return grad;
+}
+
+std::tuple<at::Tensor, at::Tensor> logsumexp_rows(const at::Tensor& logits) {
+  check_scores(logits);
+  Batch b;
+  b.max_time = logits.size(0);
+  b.batch_size = logits.size(1);
+  b.num_classes = logits.size(2);
+  b.stride_time = logits.stride(0);
+  b.stride_batch = logits.stride(1);
+  auto lse = at::empty({b.max_time, b.batch_size}, logits.options());
+  auto neg_mean = at::empty({b.max_time, b.batch_size}, logits.options());
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "pyprune_ctc_logsumexp_rows", [&] {
+    at::parallel_for(0, b.max_time * b.batch_size, 16, [&](int64_t lo, int64_t hi) {
+      logsumexp_rows_cpu<scalar_t>(b, logits.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+                                   neg_mean.data_ptr<scalar_t>(), lo, hi);
+    });
+  });
+  return {lse, neg_mean};
+}
+
+std::tuple<at::Tensor, at::Tensor> best_alignment(const at::Tensor& scores,
+                                                  const at::Tensor& targets,
+                                                  const at::Tensor& target_offsets,
+                                                  const at::Tensor& input_lengths,
+                                                  const at::Tensor& target_lengths,
+                                                  int64_t max_target_length, int64_t blank) {
+  const Batch b = make_batch(scores, targets, target_offsets, input_lengths, target_lengths,
+                             max_target_length, blank);
+  auto alignment = at::empty({b.batch_size, b.max_time}, targets.options());
+  auto score = at::empty({b.batch_size}, scores.options());
+  auto backpointers = at::empty({alpha_size(b)}, scores.options().dtype(at::kByte));
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "pyprune_ctc_best_alignment", [&] {
+    at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
+      best_alignment_cpu<scalar_t>(b, scores.data_ptr<scalar_t>(), alignment.data_ptr<int64_t>(),
+                                   score.data_ptr<scalar_t>(), backpointers.data_ptr<uint8_t>(),
+                                   lo, hi);
+    });
+  });
+  return {alignment, score};
+}
+
+std::tuple<at::Tensor, at::Tensor> greedy_decode(const at::Tensor& scores,
+                                                 const at::Tensor& input_lengths, int64_t blank) {
+  check_scores(scores);
+  check_index(input_lengths, "input_lengths", scores.size(1), scores);
+  Batch b;
+  b.max_time = scores.size(0);
+  b.batch_size = scores.size(1);
+  b.num_classes = scores.size(2);
+  b.stride_time = scores.stride(0);
+  b.stride_batch = scores.stride(1);
+  b.input_lengths = input_lengths.data_ptr<int64_t>();
+  b.blank = blank;
+  auto tokens = at::empty({b.batch_size, b.max_time}, input_lengths.options());
+  auto lengths = at::empty({b.batch_size}, input_lengths.options());
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "pyprune_ctc_greedy_decode", [&] {
+    at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
+      greedy_decode_cpu<scalar_t>(b, scores.data_ptr<scalar_t>(), tokens.data_ptr<int64_t>(),
+                                  lengths.data_ptr<int64_t>(), lo, hi);
+    });
+  });
+  return {tokens, lengths};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyprune_C, CPU, m) {
+  m.impl("ctc_forward", &forward);
+  m.impl("ctc_backward", &backward);
+  m.impl("ctc_logsumexp_rows", &logsumexp_rows);
+  m.impl("ctc_best_alignment", &best_alignment);
+  m.impl("ctc_greedy_decode", &greedy_decode);
+}
+
+}  // namespace ctc
+}  // namespace pyprune

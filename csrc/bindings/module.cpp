@@ -1,0 +1,35 @@
+// The pyprune._C extension module: schemas of the raw kernel ops.
+//
+// The public ops (pyprune::*) are defined in Python so they exist without this
+// extension; these private pyprune_C::* ops are the compiled kernels the
+// Python layer routes to. CPU implementations live in *_cpu.cpp, CUDA ones in
+// *_cuda.cpp (built only where torch has CUDA).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing pyprune._C loads this library and runs the registrations below;
+// the module itself carries no Python functions.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(pyprune_C, m) {
+  m.def(
+      "ctc_forward(Tensor scores, Tensor? row_shift, Tensor targets, Tensor target_offsets, "
+      "Tensor input_lengths, Tensor target_lengths, int max_target_length, int blank, "
+      "bool zero_infinity) -> (Tensor, Tensor)");
+  m.def(
+      "ctc_backward(Tensor grad_nll, Tensor? grad_smooth, Tensor scores, Tensor? row_shift, "
+      "Tensor targets, Tensor target_offsets, Tensor input_lengths, Tensor target_lengths, "
+      "Tensor nll, Tensor log_alpha, int max_target_length, int blank, bool zero_infinity) "
+      "-> Tensor");
+  m.def("ctc_logsumexp_rows(Tensor logits) -> (Tensor, Tensor)");
+  m.def(
+      "ctc_best_alignment(Tensor scores, Tensor targets, Tensor target_offsets, "
+      "Tensor input_lengths, Tensor target_lengths, int max_target_length, int blank) "
+      "-> (Tensor, Tensor)");
+  m.def("ctc_greedy_decode(Tensor scores, Tensor input_lengths, int blank) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,372 @@
+// CPU kernels for batched CTC. See ctc_core.h for the contracts.
+//
+// Work is split over samples; inside a sample the recursions are vectorised
+// over the 2S+1 extended-label states (the states of one frame depend only on
+// the previous frame), and the dense gradient over the vocabulary row. The
+// hot loops call fast_exp/fast_log, which GCC vectorises; target_clones
+// builds AVX2 and AVX-512 variants beside the baseline and picks one at load.
+#include "ctc_core.h"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../common/fast_math.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PYPRUNE_CLONES \
+  __attribute__((target_clones("default", "arch=haswell", "arch=skylake-avx512")))
+#else
+#define PYPRUNE_CLONES
+#endif
+
+namespace pyprune {
+namespace ctc {
+namespace {
+
+template <typename T> constexpr T neg_inf() { return -std::numeric_limits<T>::infinity(); }
+template <typename T> constexpr T quiet_nan() { return std::numeric_limits<T>::quiet_NaN(); }
+
+// The extended label sequence l' = (blank, l1, blank, l2, ..., lS, blank) of
+// one sample, and for each state the additive mask of the skip transition
+// s-2 -> s (0 where allowed, -inf where not). Buffers are reused across
+// samples so the per-sample loops do not allocate.
+template <typename T>
+struct ExtendedLabels {
+  std::vector<int64_t> label;
+  // skip[s + 2] belongs to state s: two leading -inf pads for the forward
+  // recursion, two trailing ones for the backward recursion's s + 2 lookup.
+  std::vector<T> skip;
+
+  int64_t build(const Batch& b, int64_t n) {
+    const int64_t target_length = b.target_lengths[n];
+    const int64_t* target = b.targets + b.target_offsets[n];
+    const int64_t width = 2 * target_length + 1;
+    label.resize(width);
+    skip.assign(width + 4, neg_inf<T>());
+    for (int64_t s = 0; s < width; ++s) {
+      label[s] = (s % 2 == 0) ? b.blank : target[s / 2];
+      if (s % 2 == 1 && s >= 3 && target[s / 2] != target[s / 2 - 1]) skip[s + 2] = T(0);
+    }
+    return width;
+  }
+};
+
+template <typename T>
+PYPRUNE_INLINE const T* frame(const Batch& b, const T* scores, int64_t t, int64_t n) {
+  return scores + t * b.stride_time + n * b.stride_batch;
+}
+
+template <typename T>
+PYPRUNE_INLINE T shift_of(const Batch& b, const T* row_shift, int64_t t, int64_t n) {
+  return row_shift == nullptr ? T(0) : row_shift[t * b.batch_size + n];
+}
+
+template <typename T>
+PYPRUNE_INLINE void forward_impl(const Batch& b, const T* scores, const T* row_shift,
+                                 bool zero_infinity, T* nll, T* log_alpha, int64_t begin,
+                                 int64_t end) {
+  ExtendedLabels<T> ext;
+  std::vector<T> prev;  // previous frame's alphas with two leading -inf pads
+  for (int64_t n = begin; n < end; ++n) {
+    if (!sample_is_valid(b, n)) {
+      nll[n] = quiet_nan<T>();
+      continue;
+    }
+    const int64_t input_length = b.input_lengths[n];
+    const int64_t width = ext.build(b, n);
+    const int64_t* label = ext.label.data();
+    const T* skip = ext.skip.data();
+    if (input_length == 0) {
+      nll[n] = width == 1 ? T(0) : std::numeric_limits<T>::infinity();
+      if (zero_infinity && width != 1) nll[n] = T(0);
+      continue;
+    }
+    T* alpha = log_alpha + alpha_offset(b, n);
+    prev.assign(width + 2, neg_inf<T>());
+    {
+      const T* row = frame(b, scores, 0, n);
+      const T shift = shift_of(b, row_shift, 0, n);
+      for (int64_t s = 0; s < width; ++s) alpha[s] = neg_inf<T>();
+      alpha[0] = row[label[0]] - shift;
+      if (width > 1) alpha[1] = row[label[1]] - shift;
+    }
+    for (int64_t t = 1; t < input_length; ++t) {
+      const T* row = frame(b, scores, t, n);
+      const T shift = shift_of(b, row_shift, t, n);
+      const T* last = alpha + (t - 1) * width;
+      T* cur = alpha + t * width;
+      std::copy(last, last + width, prev.begin() + 2);
+      const T* p = prev.data();
+#pragma omp simd
+      for (int64_t s = 0; s < width; ++s) {
+        cur[s] = logsumexp3<T>(p[s + 2], p[s + 1], p[s] + skip[s + 2]) + (row[label[s]] - shift);
+      }
+    }
+    const T* final_row = alpha + (input_length - 1) * width;
+    const T tail = width > 1 ? final_row[width - 2] : neg_inf<T>();
+    T loss = -logsumexp3<T>(final_row[width - 1], tail, neg_inf<T>());
+    if (zero_infinity && loss == std::numeric_limits<T>::infinity()) loss = T(0);
+    nll[n] = loss;
+  }
+}
+
+template <typename T>
+PYPRUNE_INLINE void fill_rows(const Batch& b, T* grad, int64_t stride_time,
+                              int64_t stride_batch, int64_t n, int64_t t_begin,
+                              int64_t t_end, T value) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    T* out = grad + t * stride_time + n * stride_batch;
+    std::fill(out, out + b.num_classes, value);
+  }
+}
+
+template <typename T>
+PYPRUNE_INLINE void backward_impl(const Batch& b, const T* scores, const T* row_shift,
+                                  const T* grad_nll, const T* grad_smooth, const T* nll,
+                                  const T* log_alpha, bool zero_infinity, T* grad,
+                                  int64_t gst, int64_t gsb, int64_t begin, int64_t end) {
+  const int64_t C = b.num_classes;
+  ExtendedLabels<T> ext;
+  std::vector<T> next, beta;  // beta of frame t+1 (two trailing -inf pads), frame t
+  for (int64_t n = begin; n < end; ++n) {
+    if (!sample_is_valid(b, n)) {
+      fill_rows(b, grad, gst, gsb, n, 0, b.max_time, quiet_nan<T>());
+      continue;
+    }
+    const int64_t input_length = b.input_lengths[n];
+    fill_rows(b, grad, gst, gsb, n, input_length, b.max_time, T(0));
+    if (input_length == 0) continue;
+    const T g = grad_nll[n];
+    const T h = grad_smooth == nullptr ? T(0) : grad_smooth[n] / static_cast<T>(input_length);
+    const T uniform = -h / static_cast<T>(C);
+    const int64_t width = ext.build(b, n);
+    const int64_t* label = ext.label.data();
+    const T* skip = ext.skip.data();
+    const T* alpha = log_alpha + alpha_offset(b, n);
+
+    // Whether the targets are unreachable is read from the forward variables,
+    // not from nll, which zero_infinity may have replaced by 0.
+    const T* final_row = alpha + (input_length - 1) * width;
+    const T log_likelihood =
+        logsumexp3<T>(final_row[width - 1], width > 1 ? final_row[width - 2] : neg_inf<T>(),
+                      neg_inf<T>());
+    if (log_likelihood == neg_inf<T>()) {
+      if (!zero_infinity) {
+        // torch returns NaN for every class of every valid frame here.
+        fill_rows(b, grad, gst, gsb, n, 0, input_length, quiet_nan<T>());
+        continue;
+      }
+      // zero_infinity: the CTC term contributes nothing, the smoothing term
+      // still does.
+      for (int64_t t = 0; t < input_length; ++t) {
+        const T* row = frame(b, scores, t, n);
+        const T shift = shift_of(b, row_shift, t, n);
+        T* out = grad + t * gst + n * gsb;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) out[c] = h * vexp<T>(row[c] - shift) + uniform;
+      }
+      continue;
+    }
+
+    next.assign(width + 2, neg_inf<T>());
+    beta.assign(width, neg_inf<T>());
+    for (int64_t t = input_length - 1; t >= 0; --t) {
+      const T* row = frame(b, scores, t, n);
+      const T shift = shift_of(b, row_shift, t, n);
+      if (t == input_length - 1) {
+        beta[width - 1] = row[label[width - 1]] - shift;
+        if (width > 1) beta[width - 2] = row[label[width - 2]] - shift;
+      } else {
+        const T* q = next.data();
+#pragma omp simd
+        for (int64_t s = 0; s < width; ++s) {
+          beta[s] = logsumexp3<T>(q[s], q[s + 1], q[s + 2] + skip[s + 4]) + (row[label[s]] - shift);
+        }
+      }
+      // Dense part over the vocabulary row, then the posterior correction.
+      T* out = grad + t * gst + n * gsb;
+      const T dense_scale = g + h;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) out[c] = dense_scale * vexp<T>(row[c] - shift) + uniform;
+      const T* a = alpha + t * width;
+      for (int64_t s = 0; s < width; ++s) {
+        const T log_gamma = a[s] + beta[s] - (row[label[s]] - shift) - log_likelihood;
+        out[label[s]] -= g * vexp<T>(log_gamma);
+      }
+      std::copy(beta.begin(), beta.end(), next.begin());
+    }
+  }
+}
+
+template <typename T>
+PYPRUNE_INLINE void logsumexp_rows_impl(const Batch& b, const T* logits, T* lse, T* neg_mean,
+                                        int64_t row_begin, int64_t row_end) {
+  const int64_t C = b.num_classes;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t t = r / b.batch_size, n = r % b.batch_size;
+    const T* row = frame(b, logits, t, n);
+    T m = neg_inf<T>();
+    T total = T(0);
+#pragma omp simd reduction(max : m) reduction(+ : total)
+    for (int64_t c = 0; c < C; ++c) {
+      m = std::max(m, row[c]);
+      total += row[c];
+    }
+    const T shift = m == neg_inf<T>() ? T(0) : m;
+    T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < C; ++c) sum += vexp<T>(row[c] - shift);
+    lse[r] = shift + vlog<T>(sum);
+    neg_mean[r] = lse[r] - total / static_cast<T>(C);
+  }
+}
+
+template <typename T>
+PYPRUNE_INLINE void best_alignment_impl(const Batch& b, const T* scores, int64_t* alignment,
+                                        T* score, uint8_t* backpointers, int64_t begin,
+                                        int64_t end) {
+  ExtendedLabels<T> ext;
+  std::vector<T> prev, cur;
+  for (int64_t n = begin; n < end; ++n) {
+    int64_t* path = alignment + n * b.max_time;
+    const bool valid = sample_is_valid(b, n);
+    std::fill(path, path + b.max_time, valid ? b.blank : int64_t(-1));
+    if (!valid) {
+      score[n] = quiet_nan<T>();
+      continue;
+    }
+    const int64_t input_length = b.input_lengths[n];
+    const int64_t width = ext.build(b, n);
+    const int64_t* label = ext.label.data();
+    const T* skip = ext.skip.data();
+    if (input_length == 0) {
+      score[n] = width == 1 ? T(0) : neg_inf<T>();
+      continue;
+    }
+    uint8_t* back = backpointers + alpha_offset(b, n);
+    prev.assign(width + 2, neg_inf<T>());
+    cur.assign(width, neg_inf<T>());
+    const T* row0 = frame(b, scores, 0, n);
+    prev[2] = row0[label[0]];
+    if (width > 1) prev[3] = row0[label[1]];
+    for (int64_t t = 1; t < input_length; ++t) {
+      const T* row = frame(b, scores, t, n);
+      uint8_t* bp = back + t * width;
+      for (int64_t s = 0; s < width; ++s) {
+        T best = prev[s + 2];
+        uint8_t step = 0;
+        if (prev[s + 1] > best) { best = prev[s + 1]; step = 1; }
+        const T jump = prev[s] + skip[s + 2];
+        if (jump > best) { best = jump; step = 2; }
+        cur[s] = best + row[label[s]];
+        bp[s] = step;
+      }
+      std::copy(cur.begin(), cur.end(), prev.begin() + 2);
+    }
+    int64_t state = width - 1;
+    if (width > 1 && prev[2 + width - 2] > prev[2 + width - 1]) state = width - 2;
+    const T best = prev[2 + state];
+    score[n] = best;
+    if (best == neg_inf<T>()) continue;
+    for (int64_t t = input_length - 1; t >= 0; --t) {
+      path[t] = label[state];
+      if (t > 0) state -= back[t * width + state];
+    }
+  }
+}
+
+template <typename T>
+PYPRUNE_INLINE void greedy_decode_impl(const Batch& b, const T* scores, int64_t* tokens,
+                                       int64_t* lengths, int64_t begin, int64_t end) {
+  const int64_t C = b.num_classes;
+  for (int64_t n = begin; n < end; ++n) {
+    int64_t* out = tokens + n * b.max_time;
+    std::fill(out, out + b.max_time, b.blank);
+    const int64_t input_length = b.input_lengths[n];
+    if (input_length < 0 || input_length > b.max_time || b.blank < 0 || b.blank >= C) {
+      lengths[n] = -1;
+      continue;
+    }
+    int64_t count = 0, previous = -1;
+    for (int64_t t = 0; t < input_length; ++t) {
+      const T* row = frame(b, scores, t, n);
+      T m = row[0];
+#pragma omp simd reduction(max : m)
+      for (int64_t c = 0; c < C; ++c) m = std::max(m, row[c]);
+      int64_t best = 0;
+      while (best < C - 1 && !(row[best] == m)) ++best;
+      if (best != b.blank && best != previous) out[count++] = best;
+      previous = best;
+    }
+    lengths[n] = count;
+  }
+}
+
+}  // namespace
+
+// Non-template entry points carry the target clones (GCC does not clone
+// templates); each inlines the implementation, so every ISA variant gets its
+// own vectorised copy of the loops.
+#define PYPRUNE_CTC_ENTRY_POINTS(T, SUFFIX)                                                  \
+  PYPRUNE_CLONES static void forward_##SUFFIX(const Batch& b, const T* s, const T* rs,        \
+                                              bool zi, T* nll, T* la, int64_t lo,             \
+                                              int64_t hi) {                                   \
+    forward_impl<T>(b, s, rs, zi, nll, la, lo, hi);                                           \
+  }                                                                                           \
+  PYPRUNE_CLONES static void backward_##SUFFIX(                                               \
+      const Batch& b, const T* s, const T* rs, const T* gn, const T* gs, const T* nll,        \
+      const T* la, bool zi, T* g, int64_t gst, int64_t gsb, int64_t lo, int64_t hi) {         \
+    backward_impl<T>(b, s, rs, gn, gs, nll, la, zi, g, gst, gsb, lo, hi);                     \
+  }                                                                                           \
+  PYPRUNE_CLONES static void lse_##SUFFIX(const Batch& b, const T* x, T* lse, T* nm,          \
+                                          int64_t lo, int64_t hi) {                           \
+    logsumexp_rows_impl<T>(b, x, lse, nm, lo, hi);                                            \
+  }                                                                                           \
+  PYPRUNE_CLONES static void align_##SUFFIX(const Batch& b, const T* s, int64_t* a, T* sc,    \
+                                            uint8_t* bp, int64_t lo, int64_t hi) {            \
+    best_alignment_impl<T>(b, s, a, sc, bp, lo, hi);                                          \
+  }                                                                                           \
+  PYPRUNE_CLONES static void greedy_##SUFFIX(const Batch& b, const T* s, int64_t* tok,        \
+                                             int64_t* len, int64_t lo, int64_t hi) {          \
+    greedy_decode_impl<T>(b, s, tok, len, lo, hi);                                            \
+  }
+
+PYPRUNE_CTC_ENTRY_POINTS(float, f32)
+PYPRUNE_CTC_ENTRY_POINTS(double, f64)
+#undef PYPRUNE_CTC_ENTRY_POINTS
+
+#define PYPRUNE_CTC_SPECIALISE(T, SUFFIX)                                                     \
+  template <>                                                                                 \
+  void forward_cpu<T>(const Batch& b, const T* s, const T* rs, bool zi, T* nll, T* la,        \
+                      int64_t lo, int64_t hi) {                                               \
+    forward_##SUFFIX(b, s, rs, zi, nll, la, lo, hi);                                          \
+  }                                                                                           \
+  template <>                                                                                 \
+  void backward_cpu<T>(const Batch& b, const T* s, const T* rs, const T* gn, const T* gs,     \
+                       const T* nll, const T* la, bool zi, T* g, int64_t gst, int64_t gsb,    \
+                       int64_t lo, int64_t hi) {                                              \
+    backward_##SUFFIX(b, s, rs, gn, gs, nll, la, zi, g, gst, gsb, lo, hi);                    \
+  }                                                                                           \
+  template <>                                                                                 \
+  void logsumexp_rows_cpu<T>(const Batch& b, const T* x, T* lse, T* nm, int64_t lo,           \
+                             int64_t hi) {                                                    \
+    lse_##SUFFIX(b, x, lse, nm, lo, hi);                                                      \
+  }                                                                                           \
+  template <>                                                                                 \
+  void best_alignment_cpu<T>(const Batch& b, const T* s, int64_t* a, T* sc, uint8_t* bp,      \
+                             int64_t lo, int64_t hi) {                                        \
+    align_##SUFFIX(b, s, a, sc, bp, lo, hi);                                                  \
+  }                                                                                           \
+  template <>                                                                                 \
+  void greedy_decode_cpu<T>(const Batch& b, const T* s, int64_t* tok, int64_t* len,           \
+                            int64_t lo, int64_t hi) {                                         \
+    greedy_##SUFFIX(b, s, tok, len, lo, hi);                                                  \
+  }
+
+PYPRUNE_CTC_SPECIALISE(float, f32)
+PYPRUNE_CTC_SPECIALISE(double, f64)
+#undef PYPRUNE_CTC_SPECIALISE
+
+}  // namespace ctc
+}  // namespace pyprune
