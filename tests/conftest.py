@@ -1,0 +1,37 @@
+import contextlib
+import os
+
+import pytest
+import torch
+
+import pyprune
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(params=["cpp", "reference"])
+def backend(request):
+    """Run the test once on the C++ kernels and once on the references."""
+    if request.param == "cpp":
+        if not pyprune.backends.available("cpp"):
+            if os.environ.get("PYPRUNE_REQUIRE_EXT") == "1":
+                pytest.fail("PYPRUNE_REQUIRE_EXT=1 but the C++ extension is not loaded: "
+                            f"{pyprune.backends.extension_error()}")
+            pytest.skip("C++ extension not built")
+        context = contextlib.nullcontext()
+    else:
+        context = pyprune.backends.disabled("cpp", "cuda")
+    with context:
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
