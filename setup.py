@@ -59,17 +59,22 @@ def extension_setup() -> dict:
         sys.exit("PYPRUNE_BUILD_CUDA=1 but torch has no CUDA or CUDA_HOME is not set")
     with_cuda = has_cuda and build_cuda_flag != "0"
 
-    cxx_flags = ["-O3", "-fopenmp-simd", "-Wall", "-Wno-unknown-pragmas"]
+    # -fopenmp: at::parallel_for is an OpenMP template in the headers and runs
+    # serially without it. -fno-trapping-math lets GCC turn float selects into
+    # blends, which the vectorised exp/log loops need.
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
     cpu_sources = sources("bindings/module.cpp", "bindings/*_cpu.cpp", "*/*_cpu.cpp")
     if with_cuda:
         extension = cpp_extension.CUDAExtension(
             "pyprune._C",
             cpu_sources + sources("bindings/*_cuda.cpp", "*/*.cu"),
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=["-fopenmp"],
         )
     else:
         extension = cpp_extension.CppExtension("pyprune._C", cpu_sources,
-                                               extra_compile_args={"cxx": cxx_flags})
+                                               extra_compile_args={"cxx": cxx_flags},
+                                               extra_link_args=["-fopenmp"])
 
     class BuildExtension(cpp_extension.BuildExtension):
         def run(self):

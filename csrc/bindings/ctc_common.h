@@ -3,6 +3,11 @@
 
 #include <ATen/ATen.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#include <cstdint>
+
 #include "../ctc/ctc_core.h"
 
 namespace pyprune {
@@ -25,6 +30,27 @@ inline void check_index(const at::Tensor& t, const char* name, int64_t numel, co
   TORCH_CHECK(numel < 0 || t.numel() == numel, "pyprune_C: ", name, " must have ", numel,
               " elements, got ", t.numel());
   TORCH_CHECK(t.device() == like.device(), "pyprune_C: ", name, " must be on ", like.device());
+}
+
+// An uninitialised tensor like `like` (same layout when its class dimension is
+// contiguous) for an output the kernel writes once, front to back. Large CPU
+// outputs are advised to use transparent huge pages before the first touch:
+// on the machines measured, faulting in a fresh 500 MB gradient page by page
+// cost more than computing it (see bench/RESULTS.md).
+inline at::Tensor empty_output_like(const at::Tensor& like) {
+  auto out = at::empty_like(like);
+  if (out.stride(-1) != 1) out = at::empty(like.sizes(), like.options());
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+  const uintptr_t end = begin + out.nbytes();
+  const uintptr_t aligned = (begin + kHuge - 1) & ~(kHuge - 1);
+  if (out.device().is_cpu() && end > aligned + kHuge) {
+    // Advice only: failure (THP disabled) leaves ordinary pages.
+    (void)madvise(reinterpret_cast<void*>(aligned), (end - aligned) & ~(kHuge - 1), MADV_HUGEPAGE);
+  }
+#endif
+  return out;
 }
 
 inline Batch make_batch(const at::Tensor& scores, const at::Tensor& targets,

@@ -43,8 +43,7 @@ at::Tensor backward(const at::Tensor& grad_nll, const c10::optional<at::Tensor>&
                              max_target_length, blank);
   TORCH_CHECK(log_alpha.numel() == alpha_size(b), "pyprune_C: log_alpha has the wrong size");
   // The gradient takes the input's memory layout (batch-first stays batch-first).
-  auto grad = at::empty_like(scores);
-  if (grad.stride(2) != 1) grad = at::empty(scores.sizes(), scores.options());
+  auto grad = empty_output_like(scores);
   const auto g = grad_nll.to(scores.scalar_type()).contiguous();
   const auto h = grad_smooth ? c10::optional<at::Tensor>(grad_smooth->to(scores.scalar_type()).contiguous())
                              : c10::nullopt;

@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 
 #if defined(__GNUC__)
@@ -20,27 +19,28 @@
 
 namespace pyprune {
 
-PYPRUNE_INLINE float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+// __builtin_bit_cast rather than memcpy: GCC's vectoriser gives up on loops
+// whose memcpy temporaries it has to zero-initialise.
+PYPRUNE_INLINE float bits_to_float(uint32_t u) { return __builtin_bit_cast(float, u); }
 
-PYPRUNE_INLINE uint32_t float_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
+PYPRUNE_INLINE uint32_t float_to_bits(float f) { return __builtin_bit_cast(uint32_t, f); }
 
 // exp(x): x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6 Taylor
 // polynomial (truncation error r^7/7! < 1.3e-7 relative), times 2^n built in
 // the exponent bits. ln2 is split in two parts so that r keeps full precision.
+// Written without data-dependent selects: GCC turns chains of ?: into
+// branches, which stops AVX2 vectorisation. Below -87 the result is exactly 0;
+// above about 88.4 it is +inf (n reaches 128, whose exponent pattern is inf).
+// NaN propagates.
 PYPRUNE_INLINE float fast_exp(float x) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693359375f;
   const float kLn2Lo = -2.12194440e-4f;
-  const float xc = std::fmin(std::fmax(x, -87.0f), 88.0f);
-  const float n = std::floor(xc * kLog2e + 0.5f);
+  // Round to nearest by adding and removing 1.5 * 2^23: no libm call.
+  const float kRound = 12582912.0f;
+  const float xc = std::min(std::max(x, -87.0f), 88.8f);
+  const float shifted = xc * kLog2e + kRound;
+  const float n = shifted - kRound;
   const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -49,24 +49,24 @@ PYPRUNE_INLINE float fast_exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
-  float y = p * scale;
-  y = x < -87.0f ? 0.0f : y;
-  y = x > 88.0f ? std::numeric_limits<float>::infinity() : y;
-  return x != x ? x : y;
+  // The low mantissa bits of `shifted` hold n: build 2^n from them with integer
+  // arithmetic only (a float->int conversion blocks vectorisation too).
+  const float scale = bits_to_float((float_to_bits(shifted) - float_to_bits(kRound) + 127u) << 23);
+  return (p * scale) * static_cast<float>(!(x < -87.0f));
 }
 
 // log(x) for x >= 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)), then
 // log(m) = 2 atanh(s), s = (m-1)/(m+1), |s| < 0.1716, by its odd series up to
-// s^9 (truncation error < 4e-10). Denormal inputs are treated as 0: the CTC
-// code only takes logs of sums that are 0 or >= 1.
+// s^9 (truncation error < 4e-10). Exact for 0 (-inf) and NaN; denormals count
+// as 0. The CTC code only takes logs of sums that are 0 or >= 1, so +inf (only
+// reachable from non-finite inputs, which already give NaN) is not handled.
+// Single selects only, no short-circuit conditions: those become branches.
 PYPRUNE_INLINE float fast_log(float x) {
   const uint32_t bits = float_to_bits(x);
-  int32_t e = static_cast<int32_t>((bits >> 23) & 0xffu) - 127;
-  float m = bits_to_float((bits & 0x007fffffu) | 0x3f800000u);
-  const bool big = m > 1.41421356f;
-  m = big ? 0.5f * m : m;
-  e = big ? e + 1 : e;
+  const float big = static_cast<float>(bits_to_float((bits & 0x007fffffu) | 0x3f800000u) > 1.41421356f);
+  // Halve m when it is above sqrt(2) and count it in the exponent instead.
+  const float m = bits_to_float((bits & 0x007fffffu) | 0x3f800000u) * (1.0f - 0.5f * big);
+  const float e = static_cast<float>(static_cast<int32_t>((bits >> 23) & 0xffu)) - 127.0f + big;
   const float s = (m - 1.0f) / (m + 1.0f);
   const float s2 = s * s;
   float p = 1.0f / 9.0f;
@@ -74,10 +74,9 @@ PYPRUNE_INLINE float fast_log(float x) {
   p = p * s2 + 1.0f / 5.0f;
   p = p * s2 + 1.0f / 3.0f;
   p = p * s2 + 1.0f;
-  float y = static_cast<float>(e) * 0.693147180559945309f + 2.0f * s * p;
+  float y = e * 0.693147180559945309f + 2.0f * s * p;
   y = x < std::numeric_limits<float>::min() ? -std::numeric_limits<float>::infinity() : y;
-  y = x == std::numeric_limits<float>::infinity() ? x : y;
-  return (x != x || x < 0.0f) ? std::numeric_limits<float>::quiet_NaN() : y;
+  return x != x ? x : y;
 }
 
 template <typename T> PYPRUNE_INLINE T vexp(T x) { return std::exp(x); }
@@ -86,8 +85,13 @@ template <> PYPRUNE_INLINE float vexp<float>(float x) { return fast_exp(x); }
 template <> PYPRUNE_INLINE float vlog<float>(float x) { return fast_log(x); }
 
 // log(exp(a) + exp(b) + exp(c)), -inf when all three are -inf.
+template <typename T> PYPRUNE_INLINE T max3(T a, T b, T c) {
+  const T m = a > b ? a : b;
+  return m > c ? m : c;
+}
+
 template <typename T> PYPRUNE_INLINE T logsumexp3(T a, T b, T c) {
-  const T m = std::fmax(a, std::fmax(b, c));
+  const T m = max3(a, b, c);
   const T shift = m == -std::numeric_limits<T>::infinity() ? T(0) : m;
   return shift + vlog<T>(vexp<T>(a - shift) + vexp<T>(b - shift) + vexp<T>(c - shift));
 }

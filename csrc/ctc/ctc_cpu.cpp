@@ -13,11 +13,14 @@
 
 #include "../common/fast_math.h"
 
+// Each entry point is compiled three times, for AVX-512, AVX2+FMA and the
+// baseline ISA, and picks one by the CPU's features at run time. (GCC's
+// target_clones with arch= levels resolves by CPU model and picked the
+// baseline on AMD EPYC.)
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PYPRUNE_CLONES \
-  __attribute__((target_clones("default", "arch=haswell", "arch=skylake-avx512")))
-#else
-#define PYPRUNE_CLONES
+#define PYPRUNE_X86_DISPATCH 1
+#define PYPRUNE_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+#define PYPRUNE_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #endif
 
 namespace pyprune {
@@ -67,7 +70,8 @@ PYPRUNE_INLINE void forward_impl(const Batch& b, const T* scores, const T* row_s
                                  bool zero_infinity, T* nll, T* log_alpha, int64_t begin,
                                  int64_t end) {
   ExtendedLabels<T> ext;
-  std::vector<T> prev;  // previous frame's alphas with two leading -inf pads
+  std::vector<T> prev;      // previous frame's alphas with two leading -inf pads
+  std::vector<T> emission;  // this frame's score of each state's label
   for (int64_t n = begin; n < end; ++n) {
     if (!sample_is_valid(b, n)) {
       nll[n] = quiet_nan<T>();
@@ -97,10 +101,13 @@ PYPRUNE_INLINE void forward_impl(const Batch& b, const T* scores, const T* row_s
       const T* last = alpha + (t - 1) * width;
       T* cur = alpha + t * width;
       std::copy(last, last + width, prev.begin() + 2);
+      emission.resize(width);
+      for (int64_t s = 0; s < width; ++s) emission[s] = row[label[s]] - shift;
       const T* p = prev.data();
+      const T* em = emission.data();
 #pragma omp simd
       for (int64_t s = 0; s < width; ++s) {
-        cur[s] = logsumexp3<T>(p[s + 2], p[s + 1], p[s] + skip[s + 2]) + (row[label[s]] - shift);
+        cur[s] = logsumexp3<T>(p[s + 2], p[s + 1], p[s] + skip[s + 2]) + em[s];
       }
     }
     const T* final_row = alpha + (input_length - 1) * width;
@@ -129,6 +136,7 @@ PYPRUNE_INLINE void backward_impl(const Batch& b, const T* scores, const T* row_
   const int64_t C = b.num_classes;
   ExtendedLabels<T> ext;
   std::vector<T> next, beta;  // beta of frame t+1 (two trailing -inf pads), frame t
+  std::vector<T> emission;    // frame t's score of each state's label
   for (int64_t n = begin; n < end; ++n) {
     if (!sample_is_valid(b, n)) {
       fill_rows(b, grad, gst, gsb, n, 0, b.max_time, quiet_nan<T>());
@@ -178,10 +186,14 @@ PYPRUNE_INLINE void backward_impl(const Batch& b, const T* scores, const T* row_
         beta[width - 1] = row[label[width - 1]] - shift;
         if (width > 1) beta[width - 2] = row[label[width - 2]] - shift;
       } else {
+        emission.resize(width);
+        for (int64_t s = 0; s < width; ++s) emission[s] = row[label[s]] - shift;
         const T* q = next.data();
+        const T* em = emission.data();
+        T* out_beta = beta.data();
 #pragma omp simd
         for (int64_t s = 0; s < width; ++s) {
-          beta[s] = logsumexp3<T>(q[s], q[s + 1], q[s + 2] + skip[s + 4]) + (row[label[s]] - shift);
+          out_beta[s] = logsumexp3<T>(q[s], q[s + 1], q[s + 2] + skip[s + 4]) + em[s];
         }
       }
       // Dense part over the vocabulary row, then the posterior correction.
@@ -305,32 +317,59 @@ PYPRUNE_INLINE void greedy_decode_impl(const Batch& b, const T* scores, int64_t*
 
 }  // namespace
 
-// Non-template entry points carry the target clones (GCC does not clone
-// templates); each inlines the implementation, so every ISA variant gets its
-// own vectorised copy of the loops.
-#define PYPRUNE_CTC_ENTRY_POINTS(T, SUFFIX)                                                  \
-  PYPRUNE_CLONES static void forward_##SUFFIX(const Batch& b, const T* s, const T* rs,        \
-                                              bool zi, T* nll, T* la, int64_t lo,             \
-                                              int64_t hi) {                                   \
-    forward_impl<T>(b, s, rs, zi, nll, la, lo, hi);                                           \
-  }                                                                                           \
-  PYPRUNE_CLONES static void backward_##SUFFIX(                                               \
-      const Batch& b, const T* s, const T* rs, const T* gn, const T* gs, const T* nll,        \
-      const T* la, bool zi, T* g, int64_t gst, int64_t gsb, int64_t lo, int64_t hi) {         \
-    backward_impl<T>(b, s, rs, gn, gs, nll, la, zi, g, gst, gsb, lo, hi);                     \
-  }                                                                                           \
-  PYPRUNE_CLONES static void lse_##SUFFIX(const Batch& b, const T* x, T* lse, T* nm,          \
-                                          int64_t lo, int64_t hi) {                           \
-    logsumexp_rows_impl<T>(b, x, lse, nm, lo, hi);                                            \
-  }                                                                                           \
-  PYPRUNE_CLONES static void align_##SUFFIX(const Batch& b, const T* s, int64_t* a, T* sc,    \
-                                            uint8_t* bp, int64_t lo, int64_t hi) {            \
-    best_alignment_impl<T>(b, s, a, sc, bp, lo, hi);                                          \
-  }                                                                                           \
-  PYPRUNE_CLONES static void greedy_##SUFFIX(const Batch& b, const T* s, int64_t* tok,        \
-                                             int64_t* len, int64_t lo, int64_t hi) {          \
-    greedy_decode_impl<T>(b, s, tok, len, lo, hi);                                            \
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+static Isa detect_isa() {
+#ifdef PYPRUNE_X86_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kBase;
+}
+
+static const Isa kIsa = detect_isa();
+
+// One function per (kernel, ISA): each inlines the implementation, so every
+// variant gets its own vectorised copy of the loops.
+#ifdef PYPRUNE_X86_DISPATCH
+#define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY)                       \
+  static void NAME##_base PARAMS { BODY ARGS; }                              \
+  PYPRUNE_TARGET_AVX2 static void NAME##_avx2 PARAMS { BODY ARGS; }          \
+  PYPRUNE_TARGET_AVX512 static void NAME##_avx512 PARAMS { BODY ARGS; }      \
+  static void NAME PARAMS {                                                  \
+    if (kIsa == Isa::kAvx512) return NAME##_avx512 ARGS;                     \
+    if (kIsa == Isa::kAvx2) return NAME##_avx2 ARGS;                         \
+    return NAME##_base ARGS;                                                 \
   }
+#else
+#define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY) \
+  static void NAME PARAMS { BODY ARGS; }
+#endif
+
+#define PYPRUNE_CTC_ENTRY_POINTS(T, SUFFIX)                                                      \
+  PYPRUNE_ISA_VARIANTS(forward_##SUFFIX,                                                          \
+                       (const Batch& b, const T* s, const T* rs, bool zi, T* nll, T* la,          \
+                        int64_t lo, int64_t hi),                                                  \
+                       (b, s, rs, zi, nll, la, lo, hi), forward_impl<T>)                          \
+  PYPRUNE_ISA_VARIANTS(backward_##SUFFIX,                                                         \
+                       (const Batch& b, const T* s, const T* rs, const T* gn, const T* gs,        \
+                        const T* nll, const T* la, bool zi, T* g, int64_t gst, int64_t gsb,       \
+                        int64_t lo, int64_t hi),                                                  \
+                       (b, s, rs, gn, gs, nll, la, zi, g, gst, gsb, lo, hi), backward_impl<T>)    \
+  PYPRUNE_ISA_VARIANTS(lse_##SUFFIX,                                                              \
+                       (const Batch& b, const T* x, T* lse, T* nm, int64_t lo, int64_t hi),       \
+                       (b, x, lse, nm, lo, hi), logsumexp_rows_impl<T>)                           \
+  PYPRUNE_ISA_VARIANTS(align_##SUFFIX,                                                            \
+                       (const Batch& b, const T* s, int64_t* a, T* sc, uint8_t* bp, int64_t lo,   \
+                        int64_t hi),                                                              \
+                       (b, s, a, sc, bp, lo, hi), best_alignment_impl<T>)                         \
+  PYPRUNE_ISA_VARIANTS(greedy_##SUFFIX,                                                           \
+                       (const Batch& b, const T* s, int64_t* tok, int64_t* len, int64_t lo,       \
+                        int64_t hi),                                                              \
+                       (b, s, tok, len, lo, hi), greedy_decode_impl<T>)
 
 PYPRUNE_CTC_ENTRY_POINTS(float, f32)
 PYPRUNE_CTC_ENTRY_POINTS(double, f64)
