@@ -14,6 +14,12 @@
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define PYPRUNE_HOST_DEVICE __host__ __device__
+#else
+#define PYPRUNE_HOST_DEVICE
+#endif
+
 namespace pyprune {
 namespace ctc {
 
@@ -32,18 +38,18 @@ struct Batch {
   int64_t blank = 0;
 };
 
-inline int64_t alpha_offset(const Batch& b, int64_t n) {
+PYPRUNE_HOST_DEVICE inline int64_t alpha_offset(const Batch& b, int64_t n) {
   return b.max_time * (2 * b.target_offsets[n] + n);
 }
 
-inline int64_t alpha_size(const Batch& b) {
+PYPRUNE_HOST_DEVICE inline int64_t alpha_size(const Batch& b) {
   return b.max_time * (2 * b.num_labels + b.batch_size);
 }
 
 // Whether sample n can be processed without reading out of bounds: lengths in
 // range, labels in [0, C) and different from blank. Kernels never touch the
 // data of an invalid sample; they report NaN for it.
-inline bool sample_is_valid(const Batch& b, int64_t n) {
+PYPRUNE_HOST_DEVICE inline bool sample_is_valid(const Batch& b, int64_t n) {
   if (b.blank < 0 || b.blank >= b.num_classes) return false;
   const int64_t input_length = b.input_lengths[n];
   const int64_t target_length = b.target_lengths[n];

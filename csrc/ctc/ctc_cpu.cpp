@@ -133,6 +133,7 @@ PYPRUNE_INLINE void backward_impl(const Batch& b, const T* scores, const T* row_
                                   const T* grad_nll, const T* grad_smooth, const T* nll,
                                   const T* log_alpha, bool zero_infinity, T* grad,
                                   int64_t gst, int64_t gsb, int64_t begin, int64_t end) {
+  (void)nll;  // zero_infinity may have replaced it: impossibility is read from log_alpha
   const int64_t C = b.num_classes;
   ExtendedLabels<T> ext;
   std::vector<T> next, beta;  // beta of frame t+1 (two trailing -inf pads), frame t
