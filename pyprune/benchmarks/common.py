@@ -1,0 +1,80 @@
+"""Timing, memory and environment helpers shared by the benchmarks."""
+from __future__ import annotations
+
+import datetime
+import platform
+import resource
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+import pyprune
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_ms(fn: Callable[[], object], device: str, warmup: int = 1, repeats: int = 5) -> float:
+    """Median wall time of fn() in milliseconds, device work included."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def copy_bandwidth_gbs(device: str, numel: int = 64 << 20) -> float:
+    """Measured device-memory bandwidth: bytes read + written by a large copy."""
+    source = torch.randn(numel, device=device)
+    target = torch.empty_like(source)
+    ms = median_ms(lambda: target.copy_(source), device, warmup=2, repeats=5)
+    return 2 * source.numel() * source.element_size() / (ms * 1e6)
+
+
+def max_rss_bytes() -> int:
+    """Peak resident set size of this process so far.
+
+    Reads VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from
+    the parent through fork and exec, so a child started by a large benchmark
+    process would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def environment(device: str) -> dict[str, str]:
+    """Device, versions and date recorded beside every result."""
+    if device.startswith("cuda"):
+        device_name = torch.cuda.get_device_name()
+    else:
+        device_name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        try:
+            with open("/proc/cpuinfo") as info:
+                model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+            device_name = f"{model}, {torch.get_num_threads()} threads"
+        except (OSError, StopIteration):
+            pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device_name,
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda),
+        "pyprune": pyprune.__version__,
+        "backends": ", ".join(name for name, on in pyprune.backends.summary().items() if on) or "reference only",
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,31 @@
+"""The ``pyprune`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="pyprune", description="pyprune command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser("bench", help="run a benchmark against the PyTorch anchor")
+    bench.add_argument("name", choices=["ctc"], help="which benchmark")
+    commands.add_parser("info", help="show which backends are built and enabled")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "info":
+        import pyprune
+        print(f"pyprune {pyprune.__version__}")
+        for name, enabled in pyprune.backends.summary().items():
+            print(f"  {name:7s} {'enabled' if enabled else 'off'}")
+        if pyprune.backends.extension_error():
+            print(f"  extension error: {pyprune.backends.extension_error()}")
+        return 0
+    if args.command == "bench":
+        from pyprune.benchmarks import ctc
+        return ctc.main(rest)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
