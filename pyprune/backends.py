@@ -25,6 +25,7 @@ stay callable by name: ``torch.ops.pyprune_C.<op>`` for cpp/cuda, and
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import warnings
@@ -70,18 +71,26 @@ def _triton_importable() -> bool:
     return True
 
 
-def _has_kernel(op: str, dispatch_key: str) -> bool:
+@functools.lru_cache(maxsize=None)
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether the extension registered pyprune_C::op for a dispatch key
+    ("CPU", "CUDA"). Fixed once the extension is loaded, so cached."""
     return _extension_loaded and torch._C._dispatch_has_kernel_for_dispatch_key(
         f"pyprune_C::{op}", dispatch_key
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_device_present() -> bool:
+    return torch.cuda.is_available()
+
+
 def available(name: str) -> bool:
     """Whether backend ``name`` is built and loadable in this process."""
     if name == "cpp":
-        return _has_kernel("ctc_forward", "CPU")
+        return has_kernel("ctc_forward", "CPU")
     if name == "cuda":
-        return _has_kernel("ctc_forward", "CUDA") and torch.cuda.is_available()
+        return has_kernel("ctc_forward", "CUDA") and _cuda_device_present()
     if name == "triton":
         return _triton_importable()
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")

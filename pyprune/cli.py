@@ -10,7 +10,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pyprune", description="pyprune command line")
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="run a benchmark against the PyTorch anchor")
-    bench.add_argument("name", choices=["ctc"], help="which benchmark")
+    bench.add_argument("name", choices=["ctc", "levenshtein"], help="which benchmark")
     commands.add_parser("info", help="show which backends are built and enabled")
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
@@ -22,8 +22,8 @@ def main(argv=None) -> int:
             print(f"  extension error: {pyprune.backends.extension_error()}")
         return 0
     if args.command == "bench":
-        from pyprune.benchmarks import ctc
-        return ctc.main(rest)
+        import importlib
+        return importlib.import_module(f"pyprune.benchmarks.{args.name}").main(rest)
     return 2
 
 

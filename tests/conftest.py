@@ -3,8 +3,14 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 import pyprune
+
+# Property tests draw the same examples on every run: a failure in CI is
+# reproducible, never a coin toss.
+settings.register_profile("pyprune", derandomize=True, deadline=None)
+settings.load_profile("pyprune")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,4 +32,10 @@ TORCH_LIBRARY(pyprune_C, m) {
       "Tensor input_lengths, Tensor target_lengths, int max_target_length, int blank) "
       "-> (Tensor, Tensor)");
   m.def("ctc_greedy_decode(Tensor scores, Tensor input_lengths, int blank) -> (Tensor, Tensor)");
+
+  m.def(
+      "lev_edit_targets(Tensor in_tokens, Tensor out_tokens, int padding_idx, int unk_idx) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("lev_edit_distance(Tensor x, Tensor y, int padding_idx, int sub_cost) -> Tensor");
+  m.def("lev_edit_path(Tensor in_tokens, Tensor out_tokens, int padding_idx) -> (Tensor, Tensor)");
 }

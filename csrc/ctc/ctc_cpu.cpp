@@ -12,16 +12,7 @@
 #include <vector>
 
 #include "../common/fast_math.h"
-
-// Each entry point is compiled three times, for AVX-512, AVX2+FMA and the
-// baseline ISA, and picks one by the CPU's features at run time. (GCC's
-// target_clones with arch= levels resolves by CPU model and picked the
-// baseline on AMD EPYC.)
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PYPRUNE_X86_DISPATCH 1
-#define PYPRUNE_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
-#define PYPRUNE_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#endif
+#include "../common/isa_dispatch.h"
 
 namespace pyprune {
 namespace ctc {
@@ -321,38 +312,7 @@ PYPRUNE_INLINE void greedy_decode_impl(const Batch& b, const T* scores, int64_t*
 
 }  // namespace
 
-enum class Isa { kBase, kAvx2, kAvx512 };
-
-static Isa detect_isa() {
-#ifdef PYPRUNE_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-    return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-#endif
-  return Isa::kBase;
-}
-
-static const Isa kIsa = detect_isa();
-
-// One function per (kernel, ISA): each inlines the implementation, so every
-// variant gets its own vectorised copy of the loops.
-#ifdef PYPRUNE_X86_DISPATCH
-#define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY)                       \
-  static void NAME##_base PARAMS { BODY ARGS; }                              \
-  PYPRUNE_TARGET_AVX2 static void NAME##_avx2 PARAMS { BODY ARGS; }          \
-  PYPRUNE_TARGET_AVX512 static void NAME##_avx512 PARAMS { BODY ARGS; }      \
-  static void NAME PARAMS {                                                  \
-    if (kIsa == Isa::kAvx512) return NAME##_avx512 ARGS;                     \
-    if (kIsa == Isa::kAvx2) return NAME##_avx2 ARGS;                         \
-    return NAME##_base ARGS;                                                 \
-  }
-#else
-#define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY) \
-  static void NAME PARAMS { BODY ARGS; }
-#endif
-
+// One dispatched function per (kernel, dtype); see isa_dispatch.h.
 #define PYPRUNE_CTC_ENTRY_POINTS(T, SUFFIX)                                                      \
   PYPRUNE_ISA_VARIANTS(forward_##SUFFIX,                                                          \
                        (const Batch& b, const T* s, const T* rs, bool zi, T* nll, T* la,          \

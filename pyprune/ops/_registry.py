@@ -13,13 +13,29 @@ from pyprune import backends
 DEVICE_BACKENDS = {"cpu": "cpp", "cuda": "cuda"}
 
 
-def kernels(device_type: str, reference: ModuleType):
-    """The kernel namespace for a device: torch.ops.pyprune_C when its backend is
-    enabled, else the reference module (same function names and signatures)."""
-    backend = DEVICE_BACKENDS.get(device_type)
-    if backend is not None and backends.enabled(backend):
-        return torch.ops.pyprune_C
-    return reference
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+class _Kernels:
+    """Kernel lookup for one device: ``k.name`` is torch.ops.pyprune_C.name when
+    the device's backend is enabled and that kernel is compiled for the device,
+    else the reference module's function of the same name and signature."""
+
+    def __init__(self, device_type: str, reference: ModuleType) -> None:
+        backend = DEVICE_BACKENDS.get(device_type)
+        self._compiled = backend is not None and backends.enabled(backend)
+        self._key = _DISPATCH_KEYS.get(device_type)
+        self._reference = reference
+
+    def __getattr__(self, name: str):
+        if self._compiled and backends.has_kernel(name, self._key):
+            return getattr(torch.ops.pyprune_C, name)
+        return getattr(self._reference, name)
+
+
+def kernels(device_type: str, reference: ModuleType) -> _Kernels:
+    """The kernels to use on a device (compiled where available, else reference)."""
+    return _Kernels(device_type, reference)
 
 
 def define(name: str, schema: str, body: Callable, reference: ModuleType) -> str:

@@ -1,0 +1,58 @@
+// Run-time ISA dispatch for the CPU kernels.
+//
+// PYPRUNE_ISA_VARIANTS(name, (params), (args), body) defines `name` plus three
+// copies of it compiled for AVX-512, AVX2+FMA and the baseline ISA, and makes
+// `name` call the best one the CPU supports. Each copy inlines `body` (a
+// PYPRUNE_INLINE function), so every variant gets its own vectorised loops
+// and, above the baseline, hardware popcount. GCC's target_clones with arch=
+// levels resolves by CPU model and picked the baseline on AMD EPYC, hence the
+// explicit feature tests.
+#pragma once
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define PYPRUNE_X86_DISPATCH 1
+#define PYPRUNE_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,popcnt")))
+#define PYPRUNE_TARGET_AVX2 __attribute__((target("avx2,fma,popcnt")))
+#endif
+
+namespace pyprune {
+
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+inline Isa detect_isa() {
+#ifdef PYPRUNE_X86_DISPATCH
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("popcnt");
+  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return Isa::kAvx512;
+  if (avx2) return Isa::kAvx2;
+#endif
+  return Isa::kBase;
+}
+
+// Detected once per process.
+inline Isa cpu_isa() {
+  static const Isa isa = detect_isa();
+  return isa;
+}
+
+}  // namespace pyprune
+
+#ifdef PYPRUNE_X86_DISPATCH
+#define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY)                          \
+  static void NAME##_base PARAMS { BODY ARGS; }                                 \
+  PYPRUNE_TARGET_AVX2 static void NAME##_avx2 PARAMS { BODY ARGS; }             \
+  PYPRUNE_TARGET_AVX512 static void NAME##_avx512 PARAMS { BODY ARGS; }         \
+  static void NAME PARAMS {                                                     \
+    const ::pyprune::Isa isa = ::pyprune::cpu_isa();                            \
+    if (isa == ::pyprune::Isa::kAvx512) return NAME##_avx512 ARGS;              \
+    if (isa == ::pyprune::Isa::kAvx2) return NAME##_avx2 ARGS;                  \
+    return NAME##_base ARGS;                                                    \
+  }
+#else
+#define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY) \
+  static void NAME PARAMS { BODY ARGS; }
+#endif

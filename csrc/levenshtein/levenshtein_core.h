@@ -1,0 +1,63 @@
+// Levenshtein edit labels and edit distance: the torch-free interface.
+//
+// A pair is one row of `in` (the draft x) and one row of `out` (the reference
+// y); padding tokens are dropped wherever they stand. The edit path is the one
+// fairseq's libnat labels (insert = delete = 1, substitute = 2): walking back
+// from (|x|, |y|), insert if d[i][j-1] < d[i][j], else delete if
+// d[i-1][j] < d[i][j], else keep. With substitution costing 2,
+// d[i][j] = i + j - 2 LCS(i, j), so the tests become LCS comparisons, and the
+// LCS table is computed bit-parallel (Allison-Dix / Hyyro): 64 cells of a
+// column per machine word, O(|y| * ceil(|x| / 64)) per pair.
+#pragma once
+
+#include <cstdint>
+
+namespace pyprune {
+namespace lev {
+
+// Row-major token matrix; row b starts at data + b * stride.
+struct Tokens {
+  const int64_t* data = nullptr;
+  int64_t rows = 0;
+  int64_t width = 0;
+  int64_t stride = 0;
+};
+
+// Outputs of the labelling kernel (any may be null to skip it). Widths:
+// in_width = in.width, out_width = out.width.
+struct Targets {
+  bool* masked_tgt_masks = nullptr;     // [B, out_width]
+  int64_t* masked_tgt_tokens = nullptr;  // [B, out_width]
+  int64_t* mask_ins_targets = nullptr;   // [B, in_width - 1]
+  int64_t* word_del_targets = nullptr;   // [B, out_width]
+};
+
+// Per-thread scratch reused across pairs (no allocation in the pair loop once
+// it has grown to the longest pair).
+class Workspace;
+Workspace* workspace_create();
+void workspace_destroy(Workspace* ws);
+
+// Labels of pairs [begin, end): fairseq's _get_ins_targets and
+// _get_del_targets. masked_tgt_masks marks, laid over the reference, the
+// tokens inserted between consecutive draft tokens; masked_tgt_tokens is the
+// reference with those tokens replaced by unk; mask_ins_targets[k] is the
+// number of tokens to insert between draft tokens k and k+1; word_del_targets
+// flags the draft tokens to delete. Lists longer than their row are cut.
+void edit_targets(const Tokens& in, const Tokens& out, int64_t padding_idx, int64_t unk_idx,
+                  const Targets& targets, Workspace* ws, int64_t begin, int64_t end);
+
+// Edit distance of pairs [begin, end) with insert = delete = 1 and substitute
+// = sub_cost (>= 2: the LCS distance, bit-parallel; otherwise a DP row).
+void edit_distance(const Tokens& x, const Tokens& y, int64_t padding_idx, int64_t sub_cost,
+                   int64_t* distance, Workspace* ws, int64_t begin, int64_t end);
+
+// The path itself, for libnat's suggested_ed2_path, for pairs [begin, end):
+// insert_slot[b, j] = k when reference token j is inserted before draft token
+// k (k = |x|: after the last), -1 when it is kept; deleted[b, i] flags draft
+// token i. Indices count non-padding tokens; the rest of each row is -1 / 0.
+void edit_path(const Tokens& in, const Tokens& out, int64_t padding_idx, int64_t* insert_slot,
+               int64_t* deleted, Workspace* ws, int64_t begin, int64_t end);
+
+}  // namespace lev
+}  // namespace pyprune

@@ -1,0 +1,110 @@
+"""Levenshtein label benchmark: batched get_ins_targets + get_del_targets.
+
+Pairs as Levenshtein training makes them: a reference of 30-60 tokens and a
+draft made by deleting each of its tokens with probability 0.3. Reported per
+pair, against rapidfuzz's bit-parallel ``Indel.editops`` (one Python call per
+pair, as a per-pair labeller is used) and the straightforward Python
+reference, timed in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import torch
+
+from pyprune.ops import get_del_targets, get_edit_targets, get_ins_targets, levenshtein_reference
+
+from .common import environment, median_ms
+
+PAD, UNK, BOS, EOS = 1, 3, 0, 2
+
+
+def make_pairs(batch: int, low: int, high: int, vocab: int, seed: int = 0, device: str = "cpu"):
+    """(in_tokens, out_tokens, in_lists, out_lists) with random-deletion drafts."""
+    rng = random.Random(seed)
+    outs, ins = [], []
+    for _ in range(batch):
+        length = rng.randint(low, high)
+        reference = [BOS] + [4 + rng.randrange(vocab) for _ in range(length)] + [EOS]
+        draft = [BOS] + [t for t in reference[1:-1] if rng.random() > 0.3] + [EOS]
+        outs.append(reference)
+        ins.append(draft)
+
+    def pad(rows, width):
+        out = torch.full((len(rows), width), PAD, dtype=torch.long)
+        for b, row in enumerate(rows):
+            out[b, : len(row)] = torch.tensor(row)
+        return out.to(device)
+
+    width = max(len(r) for r in outs)
+    return pad(ins, width), pad(outs, width), ins, outs
+
+
+def providers(x, y, xs, ys):
+    def separate():
+        get_ins_targets(x, y, PAD, UNK)
+        get_del_targets(x, y, PAD)
+
+    def fused():
+        get_edit_targets(x, y, PAD, UNK)
+
+    calls = {"pyprune get_ins_targets + get_del_targets": separate,
+             "pyprune get_edit_targets (both, one pass)": fused}
+    try:
+        from rapidfuzz.distance import Indel
+
+        def rapidfuzz_editops():
+            for a, b in zip(xs, ys):
+                Indel.editops(a, b)
+
+        calls["rapidfuzz Indel.editops, per pair"] = rapidfuzz_editops
+    except ImportError:
+        pass
+    return calls
+
+
+def run(device: str = "cpu", batch: int = 256, repeats: int = 11) -> dict:
+    rows = []
+    for vocab in (30000, 50):
+        x, y, xs, ys = make_pairs(batch, 30, 60, vocab, device=device)
+        for name, call in providers(x, y, xs, ys).items():
+            ms = median_ms(call, device, warmup=2, repeats=repeats)
+            rows.append({"vocab": vocab, "provider": name, "us_per_pair": 1e3 * ms / batch})
+        subset = 16  # the Python reference is slow: time a slice
+        ms = median_ms(lambda: levenshtein_reference.lev_edit_targets(x[:subset].cpu(), y[:subset].cpu(), PAD, UNK),
+                       "cpu", warmup=0, repeats=3)
+        rows.append({"vocab": vocab, "provider": "Python reference (libnat rule, full DP)",
+                     "us_per_pair": 1e3 * ms / subset})
+    return {"environment": environment(device), "batch": batch, "rows": rows}
+
+
+def format_table(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']} "
+             f"[{env['backends']}] | B={result['batch']}, lengths 30-60, 30% random deletions", "",
+             "| vocab | provider | us / pair | vs rapidfuzz |", "|---:|---|---:|---:|"]
+    for vocab in sorted({r["vocab"] for r in result["rows"]}, reverse=True):
+        group = [r for r in result["rows"] if r["vocab"] == vocab]
+        anchor = next((r["us_per_pair"] for r in group if r["provider"].startswith("rapidfuzz")), None)
+        for r in group:
+            ratio = f"{anchor / r['us_per_pair']:.2f}x" if anchor else ""
+            lines.append(f"| {vocab} | {r['provider']} | {r['us_per_pair']:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="pyprune bench levenshtein", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the raw results to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run(args.device)
+    print(format_table(result))
+    if args.json:
+        from pyprune.io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,91 @@
+"""Straightforward Python references of the Levenshtein kernels.
+
+Signatures and outputs match ``torch.ops.pyprune_C.lev_*``. Each pair is
+labelled with the full distance matrix and libnat's rule (insert = delete = 1,
+substitute = 2; walking back from the end: insert if d[i][j-1] < d[i][j], else
+delete if d[i-1][j] < d[i][j], else keep). Runs on any device by moving the
+tokens to the host.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _rows(tokens: Tensor, padding_idx: int) -> list[list[int]]:
+    return [[t for t in row if t != padding_idx] for row in tokens.tolist()]
+
+
+def distance_matrix(x: list[int], y: list[int], sub_cost: int = 2) -> list[list[int]]:
+    d = [[0] * (len(y) + 1) for _ in range(len(x) + 1)]
+    for i in range(len(x) + 1):
+        d[i][0] = i
+    for j in range(len(y) + 1):
+        d[0][j] = j
+    for i in range(1, len(x) + 1):
+        for j in range(1, len(y) + 1):
+            substitute = d[i - 1][j - 1] + (0 if x[i - 1] == y[j - 1] else sub_cost)
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, substitute)
+    return d
+
+
+def edit_path(x: list[int], y: list[int]) -> tuple[list[list[int]], list[int]]:
+    """libnat's path: (tokens inserted before x[k] for k = 0..|x|, delete flag per x token)."""
+    d = distance_matrix(x, y)
+    slots: list[list[int]] = [[] for _ in range(len(x) + 1)]
+    deleted = [0] * len(x)
+    i, j = len(x), len(y)
+    while i > 0 or j > 0:
+        if j > 0 and d[i][j - 1] < d[i][j]:
+            slots[i].insert(0, y[j - 1])
+            j -= 1
+        elif i > 0 and d[i - 1][j] < d[i][j]:
+            deleted[i - 1] = 1
+            i -= 1
+        else:
+            i, j = i - 1, j - 1
+    return slots, deleted
+
+
+def lev_edit_targets(in_tokens: Tensor, out_tokens: Tensor, padding_idx: int,
+                     unk_idx: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    in_width, out_width = in_tokens.shape[1], out_tokens.shape[1]
+    masks, ins, dels = [], [], []
+    for x, y in zip(_rows(in_tokens, padding_idx), _rows(out_tokens, padding_idx)):
+        slots, deleted = edit_path(x, y)
+        counts = [len(slot) for slot in slots[1:-1]]  # the gaps between draft tokens
+        mask: list[int] = []
+        for count in counts:
+            mask += [0] + [1] * count
+        masks.append((mask + [0] * out_width)[:out_width])
+        ins.append((counts + [0] * in_width)[: max(in_width - 1, 0)])
+        dels.append((deleted + [0] * out_width)[:out_width])
+    batch = in_tokens.shape[0]
+    mask_tensor = torch.tensor(masks, dtype=torch.bool).reshape(batch, out_width).to(out_tokens.device)
+    return (mask_tensor,
+            out_tokens.masked_fill(mask_tensor, unk_idx),
+            torch.tensor(ins, dtype=torch.long).reshape(batch, max(in_width - 1, 0)).to(in_tokens.device),
+            torch.tensor(dels, dtype=torch.long).reshape(batch, out_width).to(out_tokens.device))
+
+
+def lev_edit_distance(x: Tensor, y: Tensor, padding_idx: int, sub_cost: int) -> Tensor:
+    distances = [distance_matrix(a, b, sub_cost)[-1][-1]
+                 for a, b in zip(_rows(x, padding_idx), _rows(y, padding_idx))]
+    return torch.tensor(distances, dtype=torch.long, device=x.device)
+
+
+def lev_edit_path(in_tokens: Tensor, out_tokens: Tensor, padding_idx: int) -> tuple[Tensor, Tensor]:
+    slots_out = torch.full(out_tokens.shape, -1, dtype=torch.long)
+    deleted_out = torch.zeros(in_tokens.shape, dtype=torch.long)
+    for b, (x, y) in enumerate(zip(_rows(in_tokens, padding_idx), _rows(out_tokens, padding_idx))):
+        slots, deleted = edit_path(x, y)
+        deleted_out[b, : len(deleted)] = torch.tensor(deleted, dtype=torch.long)
+        # Reference tokens not inserted are kept; inserted ones appear in y order.
+        position = 0
+        for k in range(len(x) + 1):
+            position += len(slots[k])
+            for offset in range(len(slots[k])):
+                slots_out[b, position - len(slots[k]) + offset] = k
+            if k < len(x) and not deleted[k]:
+                position += 1  # x[k] is matched to the next reference token
+    return slots_out.to(out_tokens.device), deleted_out.to(in_tokens.device)
