@@ -41,7 +41,7 @@ def main() -> int:
             header.write("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
         includes = [stub, *cpp_extension.include_paths(), cuda_include,
                     sysconfig.get_paths()["include"]]
-        command = ["g++", "-std=c++17", "-fsyntax-only", "-Wall", *[f"-I{path}" for path in includes]]
+        command = ["g++", "-std=c++20", "-fsyntax-only", "-Wall", *[f"-I{path}" for path in includes]]
         for source in sources:
             result = subprocess.run(command + [source], capture_output=True, text=True)
             status = "ok" if result.returncode == 0 else "FAILED"

@@ -36,6 +36,10 @@ TORCH_LIBRARY(pyprune_C, m) {
   m.def(
       "lev_edit_targets(Tensor in_tokens, Tensor out_tokens, int padding_idx, int unk_idx) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // CUDA only: the one-thread-per-pair anchor of the GPU benchmark.
+  m.def(
+      "lev_edit_targets_per_thread(Tensor in_tokens, Tensor out_tokens, int padding_idx, "
+      "int unk_idx) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("lev_edit_distance(Tensor x, Tensor y, int padding_idx, int sub_cost) -> Tensor");
   m.def("lev_edit_path(Tensor in_tokens, Tensor out_tokens, int padding_idx) -> (Tensor, Tensor)");
 }

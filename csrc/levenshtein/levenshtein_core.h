@@ -12,8 +12,25 @@
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define PYPRUNE_LEV_HOST_DEVICE __host__ __device__
+#else
+#define PYPRUNE_LEV_HOST_DEVICE
+#endif
+
 namespace pyprune {
 namespace lev {
+
+// Carries of a multi-word addition done one word per lane (32 lanes): bit k of
+// `generate` says word k overflows by itself, bit k of `propagate` that it is
+// all ones (so an incoming carry passes through). Returns bit k = the carry
+// into word k (bit 0 = carry_in) and bit 32 = the carry out of the group.
+// It is the carry pattern of the 32-bit addition (g | p) + g + carry_in.
+PYPRUNE_LEV_HOST_DEVICE inline uint64_t lane_carries(uint32_t generate, uint32_t propagate,
+                                                     uint32_t carry_in) {
+  const uint64_t either = uint64_t(generate | propagate);
+  return (either + uint64_t(generate) + carry_in) ^ either ^ uint64_t(generate);
+}
 
 // Row-major token matrix; row b starts at data + b * stride.
 struct Tokens {

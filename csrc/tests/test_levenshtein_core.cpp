@@ -51,8 +51,46 @@ static void dp_labels(const std::vector<int64_t>& x, const std::vector<int64_t>&
   }
 }
 
+// The CUDA kernel adds multi-word columns one word per lane and resolves the
+// carries with lane_carries; emulate that here against a sequential add.
+static void test_lane_carries(std::mt19937& rng) {
+  std::mt19937_64 wide(7);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int words = 1 + trial % 70;
+    std::vector<uint64_t> a(words), b(words), sequential(words), lanes(words);
+    for (int w = 0; w < words; ++w) {
+      a[w] = wide();
+      b[w] = (rng() % 3 == 0) ? ~a[w] : wide() & a[w];  // runs of all-ones sums
+      if (rng() % 4 == 0) a[w] = ~uint64_t(0);
+    }
+    unsigned long long carry = 0;
+    for (int w = 0; w < words; ++w) {
+      unsigned long long sum;
+      const bool o1 = __builtin_uaddll_overflow(a[w], b[w], &sum);
+      const bool o2 = __builtin_uaddll_overflow(sum, carry, &sum);
+      sequential[w] = sum;
+      carry = (o1 || o2) ? 1 : 0;
+    }
+    uint32_t group_carry = 0;
+    for (int group = 0; group < words; group += 32) {
+      uint32_t generate = 0, propagate = 0;
+      for (int lane = 0; lane < 32 && group + lane < words; ++lane) {
+        const uint64_t sum = a[group + lane] + b[group + lane];
+        if (sum < a[group + lane]) generate |= 1u << lane;
+        if (sum == ~uint64_t(0)) propagate |= 1u << lane;
+      }
+      const uint64_t carries = lane_carries(generate, propagate, group_carry);
+      for (int lane = 0; lane < 32 && group + lane < words; ++lane)
+        lanes[group + lane] = a[group + lane] + b[group + lane] + ((carries >> lane) & 1);
+      group_carry = uint32_t((carries >> 32) & 1);
+    }
+    CHECK(lanes == sequential, "lane carries differ for %d words", words);
+  }
+}
+
 int main() {
   std::mt19937 rng(42);
+  test_lane_carries(rng);
   Workspace* ws = workspace_create();
   const int64_t lengths[] = {0, 1, 5, 63, 64, 65, 130, 200};
   for (int trial = 0; trial < 300; ++trial) {

@@ -65,7 +65,25 @@ def providers(x, y, xs, ys):
     return calls
 
 
+def run_gpu(device: str, batch: int = 256, repeats: int = 21) -> dict:
+    """Warp-per-pair kernel against the one-thread-per-pair anchor, same GPU."""
+    rows = []
+    for length in (60, 256):
+        x, y, _, _ = make_pairs(batch, length, length, 30000, device=device)
+        calls = {
+            "pyprune warp per pair": lambda: torch.ops.pyprune.lev_edit_targets(x, y, PAD, UNK),
+            "one thread per pair (full DP matrix)":
+                lambda: torch.ops.pyprune_C.lev_edit_targets_per_thread(x, y, PAD, UNK),
+        }
+        for name, call in calls.items():
+            ms = median_ms(call, device, warmup=3, repeats=repeats)
+            rows.append({"vocab": length, "provider": name, "us_per_pair": 1e3 * ms / batch})
+    return {"environment": environment(device), "batch": batch, "rows": rows}
+
+
 def run(device: str = "cpu", batch: int = 256, repeats: int = 11) -> dict:
+    if device.startswith("cuda"):
+        return run_gpu(device, batch)
     rows = []
     for vocab in (30000, 50):
         x, y, xs, ys = make_pairs(batch, 30, 60, vocab, device=device)
@@ -82,14 +100,17 @@ def run(device: str = "cpu", batch: int = 256, repeats: int = 11) -> dict:
 
 def format_table(result: dict) -> str:
     env = result["environment"]
+    gpu = result["rows"][0]["provider"].startswith("pyprune warp")
+    key, anchor_name = ("length", "one thread") if gpu else ("vocab", "rapidfuzz")
+    shapes = "lengths 60 and 256, vocab 30000" if gpu else "lengths 30-60"
     lines = [f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']} "
-             f"[{env['backends']}] | B={result['batch']}, lengths 30-60, 30% random deletions", "",
-             "| vocab | provider | us / pair | vs rapidfuzz |", "|---:|---|---:|---:|"]
+             f"[{env['backends']}] | B={result['batch']}, {shapes}, 30% random deletions", "",
+             f"| {key} | provider | us / pair | vs {anchor_name} |", "|---:|---|---:|---:|"]
     for vocab in sorted({r["vocab"] for r in result["rows"]}, reverse=True):
         group = [r for r in result["rows"] if r["vocab"] == vocab]
-        anchor = next((r["us_per_pair"] for r in group if r["provider"].startswith("rapidfuzz")), None)
+        anchor = next((r["us_per_pair"] for r in group if r["provider"].startswith(anchor_name)), None)
         for r in group:
-            ratio = f"{anchor / r['us_per_pair']:.2f}x" if anchor else ""
+            ratio = f"{anchor / r['us_per_pair']:.3g}x" if anchor else ""
             lines.append(f"| {vocab} | {r['provider']} | {r['us_per_pair']:.2f} | {ratio} |")
     return "\n".join(lines)
 
@@ -97,7 +118,7 @@ def format_table(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pyprune bench levenshtein", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU kernels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args(argv)
