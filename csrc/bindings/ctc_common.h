@@ -53,22 +53,28 @@ inline at::Tensor empty_output_like(const at::Tensor& like) {
   return out;
 }
 
+// A Batch over the scores alone (log-sum-exp rows, greedy decoding).
+inline Batch make_scores_batch(const at::Tensor& scores) {
+  check_scores(scores);
+  Batch b;
+  b.max_time = scores.size(0);
+  b.batch_size = scores.size(1);
+  b.num_classes = scores.size(2);
+  b.stride_time = scores.stride(0);
+  b.stride_batch = scores.stride(1);
+  return b;
+}
+
 inline Batch make_batch(const at::Tensor& scores, const at::Tensor& targets,
                         const at::Tensor& target_offsets, const at::Tensor& input_lengths,
                         const at::Tensor& target_lengths, int64_t max_target_length,
                         int64_t blank) {
-  check_scores(scores);
-  const int64_t N = scores.size(1);
+  Batch b = make_scores_batch(scores);
+  const int64_t N = b.batch_size;
   check_index(targets, "targets", -1, scores);
   check_index(target_offsets, "target_offsets", N, scores);
   check_index(input_lengths, "input_lengths", N, scores);
   check_index(target_lengths, "target_lengths", N, scores);
-  Batch b;
-  b.max_time = scores.size(0);
-  b.batch_size = N;
-  b.num_classes = scores.size(2);
-  b.stride_time = scores.stride(0);
-  b.stride_batch = scores.stride(1);
   b.targets = targets.data_ptr<int64_t>();
   b.num_labels = targets.numel();
   b.target_offsets = target_offsets.data_ptr<int64_t>();
@@ -77,6 +83,16 @@ inline Batch make_batch(const at::Tensor& scores, const at::Tensor& targets,
   b.max_target_length = max_target_length;
   b.blank = blank;
   return b;
+}
+
+// grad_nll / grad_smooth in the scores' dtype, contiguous (grad_smooth optional).
+inline at::Tensor as_scores_dtype(const at::Tensor& t, const at::Tensor& scores) {
+  return t.to(scores.scalar_type()).contiguous();
+}
+
+inline c10::optional<at::Tensor> as_scores_dtype(const c10::optional<at::Tensor>& t,
+                                                 const at::Tensor& scores) {
+  return t ? c10::optional<at::Tensor>(as_scores_dtype(*t, scores)) : c10::nullopt;
 }
 
 }  // namespace ctc

@@ -52,9 +52,8 @@ at::Tensor backward(const at::Tensor& grad_nll, const c10::optional<at::Tensor>&
                              max_target_length, blank);
   TORCH_CHECK(log_alpha.numel() == alpha_size(b), "pyprune_C: log_alpha has the wrong size");
   auto grad = empty_output_like(scores);
-  const auto g = grad_nll.to(scores.scalar_type()).contiguous();
-  const auto h = grad_smooth ? c10::optional<at::Tensor>(grad_smooth->to(scores.scalar_type()).contiguous())
-                             : c10::nullopt;
+  const auto g = as_scores_dtype(grad_nll, scores);
+  const auto h = as_scores_dtype(grad_smooth, scores);
   auto work = scratch(cuda::backward_scratch_bytes(b, scores.element_size()), scores);
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "pyprune_ctc_backward_cuda", [&] {
     C10_CUDA_CHECK(cuda::backward<scalar_t>(
@@ -68,13 +67,7 @@ at::Tensor backward(const at::Tensor& grad_nll, const c10::optional<at::Tensor>&
 
 std::tuple<at::Tensor, at::Tensor> logsumexp_rows(const at::Tensor& logits) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  check_scores(logits);
-  Batch b;
-  b.max_time = logits.size(0);
-  b.batch_size = logits.size(1);
-  b.num_classes = logits.size(2);
-  b.stride_time = logits.stride(0);
-  b.stride_batch = logits.stride(1);
+  Batch b = make_scores_batch(logits);
   auto lse = at::empty({b.max_time, b.batch_size}, logits.options());
   auto neg_mean = at::empty({b.max_time, b.batch_size}, logits.options());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "pyprune_ctc_logsumexp_rows_cuda", [&] {
@@ -110,14 +103,8 @@ std::tuple<at::Tensor, at::Tensor> best_alignment(const at::Tensor& scores,
 std::tuple<at::Tensor, at::Tensor> greedy_decode(const at::Tensor& scores,
                                                  const at::Tensor& input_lengths, int64_t blank) {
   const c10::cuda::CUDAGuard guard(scores.device());
-  check_scores(scores);
-  check_index(input_lengths, "input_lengths", scores.size(1), scores);
-  Batch b;
-  b.max_time = scores.size(0);
-  b.batch_size = scores.size(1);
-  b.num_classes = scores.size(2);
-  b.stride_time = scores.stride(0);
-  b.stride_batch = scores.stride(1);
+  Batch b = make_scores_batch(scores);
+  check_index(input_lengths, "input_lengths", b.batch_size, scores);
   b.input_lengths = input_lengths.data_ptr<int64_t>();
   b.blank = blank;
   auto tokens = at::empty({b.batch_size, b.max_time}, input_lengths.options());

@@ -5,7 +5,7 @@
 
 #include <memory>
 
-#include "../levenshtein/levenshtein_core.h"
+#include "levenshtein_common.h"
 
 namespace pyprune {
 namespace lev {
@@ -15,21 +15,6 @@ struct WorkspaceDeleter {
   void operator()(Workspace* ws) const { workspace_destroy(ws); }
 };
 using WorkspacePtr = std::unique_ptr<Workspace, WorkspaceDeleter>;
-
-Tokens tokens_of(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 2 && t.stride(1) == 1,
-              "pyprune_C: ", name, " must be a 2-D int64 tensor with contiguous rows");
-  Tokens view;
-  view.data = t.data_ptr<int64_t>();
-  view.rows = t.size(0);
-  view.width = t.size(1);
-  view.stride = t.stride(0);
-  return view;
-}
-
-void check_pair(const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(a.size(0) == b.size(0), "pyprune_C: batch sizes differ (", a.size(0), " vs ", b.size(0), ")");
-}
 
 // Runs fn(workspace, begin, end) over the rows in parallel, one workspace per chunk.
 template <typename Fn>

@@ -8,21 +8,11 @@
 #include <torch/library.h>
 
 #include "../levenshtein/levenshtein_cuda.h"
+#include "levenshtein_common.h"
 
 namespace pyprune {
 namespace lev {
 namespace {
-
-Tokens tokens_of(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 2 && t.stride(1) == 1,
-              "pyprune_C: ", name, " must be a 2-D int64 tensor with contiguous rows");
-  Tokens view;
-  view.data = t.data_ptr<int64_t>();
-  view.rows = t.size(0);
-  view.width = t.size(1);
-  view.stride = t.stride(0);
-  return view;
-}
 
 template <typename Scratch, typename Launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& in_tokens,
@@ -30,8 +20,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor&
                                                               int64_t padding_idx, int64_t unk_idx,
                                                               Scratch scratch_bytes, Launch launch) {
   const c10::cuda::CUDAGuard guard(in_tokens.device());
-  TORCH_CHECK(in_tokens.size(0) == out_tokens.size(0), "pyprune_C: batch sizes differ");
-  TORCH_CHECK(in_tokens.device() == out_tokens.device(), "pyprune_C: tensors on different devices");
+  check_pair(in_tokens, out_tokens);
   const Tokens in = tokens_of(in_tokens, "in_tokens"), out = tokens_of(out_tokens, "out_tokens");
   const auto options = in_tokens.options();
   auto masks = at::empty({out.rows, out.width}, options.dtype(at::kBool));

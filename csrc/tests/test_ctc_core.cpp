@@ -9,22 +9,14 @@
 #include <random>
 #include <vector>
 
+#include "check.h"
+
 #include "../common/fast_math.h"
 #include "../ctc/ctc_core.h"
 
 using namespace pyprune;
 using namespace pyprune::ctc;
 
-static int failures = 0;
-#define CHECK(cond, ...)                                              \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      ++failures;                                                     \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
-      std::printf(__VA_ARGS__);                                       \
-      std::printf("\n");                                              \
-    }                                                                 \
-  } while (0)
 
 struct Problem {
   int64_t T, N, C;
@@ -232,6 +224,5 @@ int main() {
   test_gradient_against_finite_differences(rng);
   test_greedy_decode();
   test_invalid_samples_give_nan(rng);
-  std::printf("%s (%d failures)\n", failures ? "FAILED" : "OK", failures);
-  return failures ? 1 : 0;
+  return check_report();
 }

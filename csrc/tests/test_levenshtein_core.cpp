@@ -6,20 +6,12 @@
 #include <random>
 #include <vector>
 
+#include "check.h"
+
 #include "../levenshtein/levenshtein_core.h"
 
 using namespace pyprune::lev;
 
-static int failures = 0;
-#define CHECK(cond, ...)                                            \
-  do {                                                              \
-    if (!(cond)) {                                                  \
-      ++failures;                                                   \
-      std::printf("FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                     \
-      std::printf("\n");                                            \
-    }                                                               \
-  } while (0)
 
 constexpr int64_t kPad = 1;
 
@@ -128,6 +120,5 @@ int main() {
     for (size_t i = 0; i < x.size(); ++i) CHECK(del[i] == deleted[i], "trial %d: word_del_targets[%zu]", trial, i);
   }
   workspace_destroy(ws);
-  std::printf("%s (%d failures)\n", failures ? "FAILED" : "OK", failures);
-  return failures ? 1 : 0;
+  return check_report();
 }
