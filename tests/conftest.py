@@ -1,6 +1,13 @@
 import contextlib
 import os
 
+import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter (set before
+# anything imports triton).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 from hypothesis import settings

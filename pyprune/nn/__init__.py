@@ -1,4 +1,5 @@
 """Drop-in nn.Modules backed by pyprune ops."""
 from .ctc import CTCLoss, CTCLossFromLogits
+from .sparse import BlockSparseLinear
 
-__all__ = ["CTCLoss", "CTCLossFromLogits"]
+__all__ = ["BlockSparseLinear", "CTCLoss", "CTCLossFromLogits"]

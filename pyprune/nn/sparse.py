@@ -1,0 +1,90 @@
+"""BlockSparseLinear: a drop-in nn.Linear whose weight is pruned in 32x32 blocks."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from pyprune.sparse import BLOCK, PathChoice, block_sparse_linear, choose_path, expand_mask, layout_for
+
+
+class BlockSparseLinear(nn.Linear):
+    """nn.Linear with a 32x32 block mask on its weight.
+
+    Same constructor arguments, forward signature and state_dict keys as
+    nn.Linear: dead blocks are stored as zeros in ``weight``, and loading a
+    state dict recovers the mask from them (a block that is entirely zero is
+    dead), so checkpoints load both ways. The mask itself is the
+    non-persistent buffer ``block_mask`` (out_features/32, in_features/32).
+
+    The computation path (masked dense, compacted dense or the block-sparse
+    kernel) is chosen per input size by a cost model; ``explain(tokens)``
+    shows the choice and its estimates, ``force_path`` pins one.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device=None, dtype=None, block_mask: Optional[Tensor] = None) -> None:
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if value % BLOCK:
+                raise ValueError(f"{name}: expected a multiple of {BLOCK}, got {value} "
+                                 f"(pad the layer to a multiple of {BLOCK} first)")
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        shape = (out_features // BLOCK, in_features // BLOCK)
+        if block_mask is None:
+            block_mask = torch.ones(shape, dtype=torch.bool, device=self.weight.device)
+        self.register_buffer("block_mask", torch.empty(shape, dtype=torch.bool, device=self.weight.device),
+                             persistent=False)
+        self.force_path: Optional[str] = None
+        self.set_block_mask(block_mask)
+
+    def set_block_mask(self, block_mask: Tensor) -> None:
+        """Install a new mask and zero the weight's dead blocks."""
+        expected = (self.out_features // BLOCK, self.in_features // BLOCK)
+        if block_mask.dtype != torch.bool or tuple(block_mask.shape) != expected:
+            raise ValueError(f"block_mask: expected a bool tensor of shape {expected}, "
+                             f"got {block_mask.dtype} {tuple(block_mask.shape)}")
+        with torch.no_grad():
+            self.block_mask.copy_(block_mask)
+            self.weight.mul_(expand_mask(self.block_mask).to(self.weight.dtype))
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, block_mask: Tensor) -> "BlockSparseLinear":
+        """A copy of `linear` with `block_mask` applied (linear is not modified)."""
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype,
+                    block_mask=torch.ones_like(block_mask, dtype=torch.bool))
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        layer.set_block_mask(block_mask.to(layer.weight.device))
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        """An nn.Linear with the masked weight."""
+        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight * expand_mask(self.block_mask).to(self.weight.dtype))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def explain(self, tokens: int) -> PathChoice:
+        """The path the cost model picks for `tokens` rows of input, and why."""
+        return choose_path(layout_for(self.block_mask), tokens, self.weight.device)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return block_sparse_linear(input, self.weight, self.bias, self.block_mask, self.force_path)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "weight" in state_dict:
+            with torch.no_grad():
+                blocks = self.weight.reshape(self.out_features // BLOCK, BLOCK, self.in_features // BLOCK, BLOCK)
+                self.block_mask.copy_(blocks.ne(0).any(dim=3).any(dim=1))
+
+    def extra_repr(self) -> str:
+        live = int(self.block_mask.sum())
+        return f"{super().extra_repr()}, live_blocks={live}/{self.block_mask.numel()}"

@@ -1,0 +1,224 @@
+"""Block-sparse linear layers: Y = X W^T + b with W masked in 32x32 blocks.
+
+Three ways to compute the same thing, chosen per layer by a cost model:
+
+- ``masked_dense``: F.linear with the masked weight (what pruning libraries
+  do; never slower than dense, never faster either);
+- ``compact_dense``: drop the block rows and columns with no live block, one
+  smaller dense matmul, scatter the outputs back;
+- ``block_sparse``: the Triton kernels (pyprune.triton_kernels), which read
+  live blocks only. On CUDA when Triton is enabled; on CPU only under
+  TRITON_INTERPRET=1 (for testing).
+
+``pyprune::block_sparse_linear`` is the op (any path gives the same values);
+its gradient is ``pyprune::block_sparse_linear_backward``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pyprune import backends
+
+from .layout import BLOCK, BlockLayout, expand_mask, layout_for
+
+# Throughput of the block-sparse kernel relative to a dense GEMM of the same
+# flops, per device type. Conservative until measured on a GPU (see
+# bench/RESULTS.md); the CPU has no block-sparse kernel outside the
+# interpreter.
+KERNEL_EFFICIENCY = {"cuda": 0.5, "cpu": 0.0}
+# Relative cost of gathering/scattering one element versus one multiply-add.
+GATHER_COST = 4.0
+
+
+def _triton_usable(device: torch.device) -> bool:
+    if not backends.enabled("triton"):
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ---------------------------------------------------------------- the ops
+
+def _masked_weight(weight: Tensor, mask: Tensor) -> Tensor:
+    return weight * expand_mask(mask).to(weight.dtype)
+
+
+torch.library.define(
+    "pyprune::block_sparse_linear",
+    "(Tensor x, Tensor weight, Tensor? bias, Tensor block_mask, Tensor row_indices, "
+    "Tensor row_counts, Tensor col_indices, Tensor col_counts) -> Tensor")
+torch.library.define(
+    "pyprune::block_sparse_linear_backward",
+    "(Tensor grad_y, Tensor x, Tensor weight, Tensor block_mask, Tensor row_indices, "
+    "Tensor row_counts, Tensor col_indices, Tensor col_counts, bool need_x, bool need_w) "
+    "-> (Tensor, Tensor)")
+
+
+def _forward_reference(x, weight, bias, mask, row_indices, row_counts, col_indices, col_counts):
+    return F.linear(x, _masked_weight(weight, mask), bias)
+
+
+def _backward_reference(grad_y, x, weight, mask, row_indices, row_counts, col_indices, col_counts,
+                        need_x, need_w):
+    element_mask = expand_mask(mask).to(weight.dtype)
+    dx = grad_y @ (weight * element_mask) if need_x else x.new_zeros(0)
+    dw = (grad_y.t() @ x) * element_mask if need_w else weight.new_zeros(0)
+    return dx, dw
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _triton_or_reference(triton_impl, reference):
+    """A device's implementation: the Triton kernels when usable there (checked
+    per call, so backends.disabled("triton") takes effect) and the dtype is one
+    they support (float64 runs on the reference), else the reference."""
+    def impl(*args):
+        if args[0].dtype in _KERNEL_DTYPES and _triton_usable(args[0].device):
+            return triton_impl(*args)
+        return reference(*args)
+    return impl
+
+
+def _forward_triton(x, weight, bias, mask, row_indices, row_counts, col_indices, col_counts):
+    from pyprune.triton_kernels import block_sparse_linear as kernels
+    return kernels.forward(x, weight, bias, row_indices, row_counts)
+
+
+def _backward_triton(grad_y, x, weight, mask, row_indices, row_counts, col_indices, col_counts,
+                     need_x, need_w):
+    from pyprune.triton_kernels import block_sparse_linear as kernels
+    dx = kernels.grad_input(grad_y, weight, col_indices, col_counts) if need_x else x.new_zeros(0)
+    dw = kernels.grad_weight(grad_y, x, row_indices, row_counts) if need_w else weight.new_zeros(0)
+    return dx, dw
+
+
+torch.library.impl("pyprune::block_sparse_linear", "default")(_forward_reference)
+torch.library.impl("pyprune::block_sparse_linear_backward", "default")(_backward_reference)
+for _device in ("cpu", "cuda"):
+    torch.library.impl("pyprune::block_sparse_linear", _device)(
+        _triton_or_reference(_forward_triton, _forward_reference))
+    torch.library.impl("pyprune::block_sparse_linear_backward", _device)(
+        _triton_or_reference(_backward_triton, _backward_reference))
+
+
+@torch.library.register_fake("pyprune::block_sparse_linear")
+def _(x, weight, bias, *layout):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.register_fake("pyprune::block_sparse_linear_backward")
+def _(grad_y, x, weight, mask, ri, rc, ci, cc, need_x, need_w):
+    return (x.new_empty(x.shape) if need_x else x.new_empty(0),
+            weight.new_empty(weight.shape) if need_w else weight.new_empty(0))
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, *layout = inputs
+    ctx.save_for_backward(x, weight, *layout)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_y):
+    x, weight, *layout = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx, dw = torch.ops.pyprune.block_sparse_linear_backward(grad_y.contiguous(), x, weight, *layout,
+                                                           need_x, need_w)
+    db = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return (dx if need_x else None, dw if need_w else None, db, None, None, None, None, None)
+
+
+torch.library.register_autograd("pyprune::block_sparse_linear", _backward, setup_context=_setup)
+
+
+# ---------------------------------------------------------------- path choice
+
+@dataclass
+class PathChoice:
+    """Why a path was chosen: estimated costs in dense-GEMM multiply-add units."""
+    path: str
+    costs: dict[str, float] = field(default_factory=dict)
+    live_blocks: int = 0
+    total_blocks: int = 0
+
+
+def choose_path(layout: BlockLayout, tokens: int, device: torch.device) -> PathChoice:
+    """Cost model: flops at each path's efficiency plus gather/scatter traffic.
+
+    masked_dense costs M*N*K (+ masking the weight); compact_dense costs
+    M*N'*K' on the live rows/columns plus gathering X's live columns and
+    scattering Y's live rows; block_sparse costs the live blocks' flops at the
+    kernel's measured efficiency (KERNEL_EFFICIENCY)."""
+    mask = layout.mask
+    R, C = mask.shape
+    N, K = R * BLOCK, C * BLOCK
+    live = int(mask.sum())
+    live_rows = int(mask.any(1).sum()) * BLOCK
+    live_cols = int(mask.any(0).sum()) * BLOCK
+    M = max(tokens, 1)
+    costs = {
+        "masked_dense": M * N * K + N * K,
+        "compact_dense": M * live_rows * live_cols + GATHER_COST * M * (live_cols + live_rows)
+        if live_rows and live_cols else GATHER_COST * M * N,
+    }
+    efficiency = KERNEL_EFFICIENCY.get(device.type, 0.0)
+    if _triton_usable(device) and (efficiency > 0 or device.type == "cpu"):
+        costs["block_sparse"] = M * live * BLOCK * BLOCK / max(efficiency, 1e-3)
+    path = min(costs, key=costs.get)
+    return PathChoice(path, costs, live, R * C)
+
+
+def _compact_dense(x: Tensor, weight: Tensor, bias: Optional[Tensor], layout: BlockLayout) -> Tensor:
+    row_index, col_index = layout.live_features
+    sub_weight = _masked_weight(weight, layout.mask)[row_index][:, col_index]
+    partial = F.linear(x.index_select(1, col_index), sub_weight)
+    y = x.new_zeros(x.shape[0], weight.shape[0]) if bias is None else bias.expand(x.shape[0], -1).clone()
+    return y.index_add(1, row_index, partial)
+
+
+def block_sparse_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], block_mask: Tensor,
+                        path: Optional[str] = None) -> Tensor:
+    """Y = x W^T + b with W (N, K) masked by block_mask (N/32, K/32).
+
+    Args:
+        x: (..., K); weight: (N, K), N and K multiples of 32; bias: (N,) or None;
+        block_mask: bool (N/32, K/32), True = live block.
+        path: 'masked_dense', 'compact_dense' or 'block_sparse'; None lets the
+            cost model choose (see choose_path). All give the same values.
+    """
+    if weight.dim() != 2 or weight.shape[0] % BLOCK or weight.shape[1] % BLOCK:
+        raise ValueError(f"weight: expected (N, K) with N and K multiples of {BLOCK}, got {tuple(weight.shape)}")
+    N, K = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"x: expected last dimension {K} (weight's in_features), got {tuple(x.shape)}")
+    if block_mask.shape != (N // BLOCK, K // BLOCK) or block_mask.dtype != torch.bool:
+        raise ValueError(f"block_mask: expected bool of shape {(N // BLOCK, K // BLOCK)}, "
+                         f"got {block_mask.dtype} {tuple(block_mask.shape)}")
+    if bias is not None and bias.shape != (N,):
+        raise ValueError(f"bias: expected shape ({N},), got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("block_mask", block_mask), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on {x.device} like x, got {t.device}")
+    leading = x.shape[:-1]
+    flat = x.reshape(-1, K)
+    layout = layout_for(block_mask)
+    if path is None:
+        path = choose_path(layout, flat.shape[0], x.device).path
+    if path == "masked_dense":
+        y = F.linear(flat, _masked_weight(weight, block_mask), bias)
+    elif path == "compact_dense":
+        y = _compact_dense(flat, weight, bias, layout)
+    elif path == "block_sparse":
+        y = torch.ops.pyprune.block_sparse_linear(
+            flat.contiguous(), weight.contiguous(), bias, layout.mask, layout.row_indices,
+            layout.row_counts, layout.col_indices, layout.col_counts)
+    else:
+        raise ValueError(f"path: expected 'masked_dense', 'compact_dense', 'block_sparse' or None, got {path!r}")
+    return y.reshape(*leading, N)
