@@ -10,7 +10,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pyprune", description="pyprune command line")
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="run a benchmark against the PyTorch anchor")
-    bench.add_argument("name", choices=["ctc", "levenshtein"], help="which benchmark")
+    bench.add_argument("name", choices=["block_sparse", "ctc", "levenshtein"], help="which benchmark")
     commands.add_parser("info", help="show which backends are built and enabled")
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":

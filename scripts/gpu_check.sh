@@ -11,3 +11,4 @@ python -m pytest -q -m gpu tests 2>&1 | tee "$out/gpu_tests.log"
 python -m pytest -q tests 2>&1 | tail -3
 pyprune bench ctc --device cuda --json "$out/ctc_gpu.json" | tee "$out/ctc_gpu.md"
 pyprune bench levenshtein --device cuda --json "$out/levenshtein_gpu.json" | tee "$out/levenshtein_gpu.md"
+pyprune bench block_sparse --device cuda --json "$out/block_sparse_gpu.json" | tee "$out/block_sparse_gpu.md"

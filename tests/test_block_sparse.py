@@ -112,10 +112,11 @@ def test_layout_lists_and_cache():
 
 
 def test_path_choice_prefers_cheaper_and_never_worse_than_masked_dense():
-    layout = layout_for(MASKS["empty_row_and_column"])
-    choice = choose_path(layout, 1024, torch.device("cpu"))
+    half_rows = torch.ones(32, 32, dtype=torch.bool)
+    half_rows[::2] = False                         # FFN-style: half the block rows pruned
+    choice = choose_path(layout_for(half_rows), 1024, torch.device("cpu"))
     assert choice.costs[choice.path] <= choice.costs["masked_dense"]
-    assert choice.path == "compact_dense"          # a whole block row and column are empty
+    assert choice.path == "compact_dense"
     full = choose_path(layout_for(MASKS["all_full"]), 1024, torch.device("cpu"))
     assert full.path == "masked_dense"
 

@@ -43,6 +43,24 @@ class BlockLayout:
         cols = self.mask.any(0).repeat_interleave(BLOCK).nonzero().squeeze(1)
         return rows, cols
 
+    @functools.cached_property
+    def block_counts(self) -> tuple[int, int, int]:
+        """(live blocks, block rows with a live block, block columns with one);
+        read back to the host once per layout."""
+        return int(self.mask.sum()), int(self.mask.any(1).sum()), int(self.mask.any(0).sum())
+
+    @functools.cached_property
+    def path_choices(self) -> dict:
+        """Memo of choose_path results for this layout."""
+        return {}
+
+    @functools.cached_property
+    def compact_mask(self) -> "Tensor | None":
+        """The mask restricted to live block rows and columns, or None when
+        every block there is live."""
+        sub = self.mask[self.mask.any(1)][:, self.mask.any(0)]
+        return None if bool(sub.all()) else sub
+
     def density(self) -> float:
         """Fraction of live blocks (reads the mask back to the host)."""
         return float(self.mask.float().mean()) if self.mask.numel() else 0.0

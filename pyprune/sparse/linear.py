@@ -32,8 +32,11 @@ from .layout import BLOCK, BlockLayout, expand_mask, layout_for
 # bench/RESULTS.md); the CPU has no block-sparse kernel outside the
 # interpreter.
 KERNEL_EFFICIENCY = {"cuda": 0.5, "cpu": 0.0}
-# Relative cost of gathering/scattering one element versus one multiply-add.
-GATHER_COST = 4.0
+# Cost of gathering or scattering one element, in multiply-adds: the compacted
+# path gathers X's live columns, scatters Y's live rows and, in training,
+# scatters the weight gradient back; measured on CPU (bench/RESULTS.md), where
+# below this the compacted path lost to masked dense at density 0.5.
+GATHER_COST = 64.0
 
 
 def _triton_usable(device: torch.device) -> bool:
@@ -156,12 +159,14 @@ def choose_path(layout: BlockLayout, tokens: int, device: torch.device) -> PathC
     M*N'*K' on the live rows/columns plus gathering X's live columns and
     scattering Y's live rows; block_sparse costs the live blocks' flops at the
     kernel's measured efficiency (KERNEL_EFFICIENCY)."""
-    mask = layout.mask
-    R, C = mask.shape
+    key = (tokens, device.type, _triton_usable(device))
+    if key in layout.path_choices:
+        return layout.path_choices[key]
+    R, C = layout.mask.shape
     N, K = R * BLOCK, C * BLOCK
-    live = int(mask.sum())
-    live_rows = int(mask.any(1).sum()) * BLOCK
-    live_cols = int(mask.any(0).sum()) * BLOCK
+    live, live_rows, live_cols = layout.block_counts
+    live_rows *= BLOCK
+    live_cols *= BLOCK
     M = max(tokens, 1)
     costs = {
         "masked_dense": M * N * K + N * K,
@@ -172,12 +177,16 @@ def choose_path(layout: BlockLayout, tokens: int, device: torch.device) -> PathC
     if _triton_usable(device) and (efficiency > 0 or device.type == "cpu"):
         costs["block_sparse"] = M * live * BLOCK * BLOCK / max(efficiency, 1e-3)
     path = min(costs, key=costs.get)
-    return PathChoice(path, costs, live, R * C)
+    choice = layout.path_choices[key] = PathChoice(path, costs, live, R * C)
+    return choice
 
 
 def _compact_dense(x: Tensor, weight: Tensor, bias: Optional[Tensor], layout: BlockLayout) -> Tensor:
     row_index, col_index = layout.live_features
-    sub_weight = _masked_weight(weight, layout.mask)[row_index][:, col_index]
+    sub_weight = weight.index_select(0, row_index).index_select(1, col_index)
+    sub_mask = layout.compact_mask
+    if sub_mask is not None:  # blocks dead inside the kept rows and columns
+        sub_weight = sub_weight * expand_mask(sub_mask).to(weight.dtype)
     partial = F.linear(x.index_select(1, col_index), sub_weight)
     y = x.new_zeros(x.shape[0], weight.shape[0]) if bias is None else bias.expand(x.shape[0], -1).clone()
     return y.index_add(1, row_index, partial)
