@@ -2,7 +2,6 @@
 Skipped without a CUDA device (scripts/gpu_check.sh runs them on one)."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pyprune.sparse import block_sparse_linear, build_layout, expand_mask
 

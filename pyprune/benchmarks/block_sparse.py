@@ -8,15 +8,13 @@ neuron pruning leaves them).
 """
 from __future__ import annotations
 
-import argparse
-import json
 
 import torch
 import torch.nn.functional as F
 
 from pyprune.sparse import block_sparse_linear, choose_path, expand_mask, layout_for
 
-from .common import environment, median_ms
+from .common import cli, environment, median_ms
 
 CPU_GRID = [(1024, 1024, 1024)]          # (M tokens, K in, N out)
 GPU_GRID = [(m, k, k) for k in (768, 1024, 3072, 4096) for m in (1024, 4096, 16384)]
@@ -84,16 +82,4 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pyprune bench block_sparse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="also write the raw results to this file")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = run(args.device)
-    print(format_table(result))
-    if args.json:
-        from pyprune.io import atomic_write_text
-        atomic_write_text(args.json, json.dumps(result, indent=2))
-    return 0
+    return cli("block_sparse", __doc__, argv, run, format_table)

@@ -1,12 +1,14 @@
 """Timing, memory and environment helpers shared by the benchmarks."""
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import platform
 import resource
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -78,3 +80,27 @@ def environment(device: str) -> dict[str, str]:
         "backends": ", ".join(name for name, on in pyprune.backends.summary().items() if on) or "reference only",
         "python": platform.python_version(),
     }
+
+
+def cli(name: str, doc: str, argv, run: Callable[..., dict], format_table: Callable[[dict], str],
+        add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+        run_kwargs: Optional[Callable[[argparse.Namespace], dict]] = None) -> int:
+    """The shared command line of `pyprune bench <name>`: --device, --threads,
+    --json (written atomically), plus benchmark-specific arguments."""
+    parser = argparse.ArgumentParser(prog=f"pyprune bench {name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--json", help="also write the raw results to this file")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    result = run(args.device, **(run_kwargs(args) if run_kwargs else {}))
+    print(format_table(result))
+    if args.json:
+        from pyprune.io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+    return 0

@@ -12,8 +12,6 @@ pytest-benchmark.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +22,8 @@ import torch.nn.functional as F
 
 from pyprune.ops import ctc_loss, ctc_loss_from_logits
 
-from .common import copy_bandwidth_gbs, environment, max_rss_bytes, median_ms
+from .common import cli, copy_bandwidth_gbs, environment, median_ms
+from .common import max_rss_bytes  # noqa: F401  (used by the peak-memory subprocess as ctc.max_rss_bytes)
 
 LABEL_SMOOTHING = 0.1
 
@@ -172,22 +171,12 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pyprune bench ctc", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+def _arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="two small shapes, 3 repeats")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--json", help="also write the raw results to this file")
-    args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    torch.set_num_threads(args.threads)
-    shapes = QUICK_SHAPES if args.quick else None
-    result = run(args.device, shapes, repeats=3 if args.quick else 5, memory=not args.no_memory)
-    print(format_table(result))
-    if args.json:
-        from pyprune.io import atomic_write_text
-        atomic_write_text(args.json, json.dumps(result, indent=2))
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli("ctc", __doc__, argv, run, format_table, _arguments,
+               lambda args: {"shapes": QUICK_SHAPES if args.quick else None,
+                             "repeats": 3 if args.quick else 5, "memory": not args.no_memory})

@@ -8,15 +8,13 @@ reference, timed in the same run.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import random
 
 import torch
 
 from pyprune.ops import get_del_targets, get_edit_targets, get_ins_targets, levenshtein_reference
 
-from .common import environment, median_ms
+from .common import cli, environment, median_ms
 
 PAD, UNK, BOS, EOS = 1, 3, 0, 2
 
@@ -116,16 +114,4 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pyprune bench levenshtein", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU kernels")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="also write the raw results to this file")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = run(args.device)
-    print(format_table(result))
-    if args.json:
-        from pyprune.io import atomic_write_text
-        atomic_write_text(args.json, json.dumps(result, indent=2))
-    return 0
+    return cli("levenshtein", __doc__, argv, run, format_table)

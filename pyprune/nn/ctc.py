@@ -1,7 +1,6 @@
 """CTC loss modules."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from pyprune.ops import ctc_loss, ctc_loss_from_logits

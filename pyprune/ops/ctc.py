@@ -220,18 +220,18 @@ define("ctc_loss_forward",
        f"(Tensor log_probs, {_BATCH_ARGS}, bool zero_infinity) -> (Tensor, Tensor)",
        _loss_forward, ctc_reference)
 define("ctc_loss_backward",
-       f"(Tensor grad_nll, Tensor log_probs, Tensor targets, Tensor target_offsets, "
-       f"Tensor input_lengths, Tensor target_lengths, Tensor nll, Tensor log_alpha, "
-       f"int max_target_length, int blank, bool zero_infinity) -> Tensor",
+       "(Tensor grad_nll, Tensor log_probs, Tensor targets, Tensor target_offsets, "
+       "Tensor input_lengths, Tensor target_lengths, Tensor nll, Tensor log_alpha, "
+       "int max_target_length, int blank, bool zero_infinity) -> Tensor",
        _loss_backward, ctc_reference)
 define("ctc_logits_forward",
        f"(Tensor logits, {_BATCH_ARGS}, bool zero_infinity) -> (Tensor, Tensor, Tensor, Tensor)",
        _logits_forward, ctc_reference)
 define("ctc_logits_backward",
-       f"(Tensor grad_nll, Tensor grad_smooth, Tensor logits, Tensor targets, "
-       f"Tensor target_offsets, Tensor input_lengths, Tensor target_lengths, Tensor nll, "
-       f"Tensor log_alpha, Tensor lse, int max_target_length, int blank, bool zero_infinity) "
-       f"-> Tensor",
+       "(Tensor grad_nll, Tensor grad_smooth, Tensor logits, Tensor targets, "
+       "Tensor target_offsets, Tensor input_lengths, Tensor target_lengths, Tensor nll, "
+       "Tensor log_alpha, Tensor lse, int max_target_length, int blank, bool zero_infinity) "
+       "-> Tensor",
        _logits_backward, ctc_reference)
 define("ctc_best_alignment", f"(Tensor log_probs, {_BATCH_ARGS}) -> (Tensor, Tensor)",
        _best_alignment, ctc_reference)
