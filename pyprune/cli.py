@@ -9,7 +9,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="pyprune", description="pyprune command line")
     commands = parser.add_subparsers(dest="command", required=True)
-    bench = commands.add_parser("bench", help="run a benchmark against the PyTorch anchor")
+    # add_help=False: --help goes on to the benchmark's own parser.
+    bench = commands.add_parser("bench", help="run a benchmark against the PyTorch anchor", add_help=False)
     bench.add_argument("name", choices=["block_sparse", "ctc", "levenshtein"], help="which benchmark")
     commands.add_parser("info", help="show which backends are built and enabled")
     args, rest = parser.parse_known_args(argv)
