@@ -34,3 +34,23 @@ def test_module_paths_agree_on_gpu():
     w = torch.randn(1024, 768, device="cuda", requires_grad=True)
     outs = [block_sparse_linear(x, w, None, mask, path=p) for p in ("masked_dense", "block_sparse")]
     torch.testing.assert_close(outs[0], outs[1], rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_attention_matches_sdpa_on_deer_mask(dtype):
+    """DEER-shaped mask: 256 source tokens, 512 target slots; source rows see
+    only the source, target rows see everything."""
+    from pyprune.sparse import block_masked_attention
+
+    src, tgt, B, H, D = 256, 512, 4, 12, 64
+    L = src + tgt
+    block_mask = torch.ones(L // 32, L // 32, dtype=torch.bool, device="cuda")
+    block_mask[: src // 32, src // 32:] = False
+    q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    out = block_masked_attention(q, k, v, block_mask)
+    element = expand_mask(block_mask)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=element)
+    exact = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=element)
+    assert (out.double() - exact).abs().max() <= 2 * (expected.double() - exact).abs().max() + 1e-3
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
