@@ -17,6 +17,8 @@ from typing import NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
+from pyprune._validation import fail
+
 from . import ctc_reference
 from ._registry import define
 
@@ -35,29 +37,26 @@ class _CTCBatch(NamedTuple):
     max_target_length: int     # S for padded targets, M for concatenated
 
 
-def _fail(name: str, expected: str, got) -> None:
-    raise ValueError(f"{name}: expected {expected}, got {got}")
-
 
 def _as_lengths(name: str, lengths: Lengths, batch_size: int, device: torch.device,
                 unbatched: bool) -> Tensor:
     if isinstance(lengths, Tensor):
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            _fail(name, "an integer tensor", f"dtype {lengths.dtype}")
+            fail(name, "an integer tensor", f"dtype {lengths.dtype}")
         tensor = lengths
     else:
         try:
             tensor = torch.as_tensor(lengths)
         except (TypeError, ValueError, RuntimeError):
-            _fail(name, "a tensor or a sequence of ints", type(lengths).__name__)
+            fail(name, "a tensor or a sequence of ints", type(lengths).__name__)
         if tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
-            _fail(name, "integers", f"values of dtype {tensor.dtype}")
+            fail(name, "integers", f"values of dtype {tensor.dtype}")
     if unbatched and tensor.dim() == 0:
         tensor = tensor.reshape(1)
     if tensor.dim() != 1 or tensor.numel() != batch_size:
-        _fail(name, f"shape ({batch_size},), one length per batch element", f"shape {tuple(tensor.shape)}")
+        fail(name, f"shape ({batch_size},), one length per batch element", f"shape {tuple(tensor.shape)}")
     if tensor.device.type != "cpu" and tensor.device != device:
-        _fail(name, f"a tensor on {device} or on the CPU", f"a tensor on {tensor.device}")
+        fail(name, f"a tensor on {device} or on the CPU", f"a tensor on {tensor.device}")
     return tensor
 
 
@@ -70,21 +69,21 @@ def _host_values(tensor: Tensor):
 
 def _check_scores(name: str, scores: Tensor, allow_unbatched: bool) -> None:
     if not isinstance(scores, Tensor):
-        _fail(name, "a tensor", type(scores).__name__)
+        fail(name, "a tensor", type(scores).__name__)
     if not scores.dtype.is_floating_point:
-        _fail(name, "a floating-point tensor (float16, bfloat16, float32 or float64)", f"dtype {scores.dtype}")
+        fail(name, "a floating-point tensor (float16, bfloat16, float32 or float64)", f"dtype {scores.dtype}")
     dims = "(T, N, C) or (T, C)" if allow_unbatched else "(T, N, C)"
     if scores.dim() != 3 and not (allow_unbatched and scores.dim() == 2):
-        _fail(name, f"shape {dims}", f"shape {tuple(scores.shape)}")
+        fail(name, f"shape {dims}", f"shape {tuple(scores.shape)}")
     if scores.shape[-1] == 0:
-        _fail(name, "at least one class", f"shape {tuple(scores.shape)}")
+        fail(name, "at least one class", f"shape {tuple(scores.shape)}")
 
 
 def _check_blank(blank: int, num_classes: int) -> None:
     if isinstance(blank, bool) or not isinstance(blank, int):
-        _fail("blank", "an int", type(blank).__name__)
+        fail("blank", "an int", type(blank).__name__)
     if not 0 <= blank < num_classes:
-        _fail("blank", f"a class index in [0, {num_classes})", blank)
+        fail("blank", f"a class index in [0, {num_classes})", blank)
 
 
 def _prepare(scores: Tensor, targets: Tensor, input_lengths: Lengths, target_lengths: Lengths,
@@ -93,21 +92,21 @@ def _prepare(scores: Tensor, targets: Tensor, input_lengths: Lengths, target_len
     device = scores.device
     _check_blank(blank, C)
     if not isinstance(targets, Tensor):
-        _fail("targets", "a tensor", type(targets).__name__)
+        fail("targets", "a tensor", type(targets).__name__)
     if targets.dtype not in (torch.int32, torch.int64):
-        _fail("targets", "an int32 or int64 tensor", f"dtype {targets.dtype}")
+        fail("targets", "an int32 or int64 tensor", f"dtype {targets.dtype}")
     if targets.device != device:
-        _fail("targets", f"a tensor on {device} like {scores_name}", f"a tensor on {targets.device}")
+        fail("targets", f"a tensor on {device} like {scores_name}", f"a tensor on {targets.device}")
     in_lengths = _as_lengths("input_lengths", input_lengths, N, device, unbatched)
     tgt_lengths = _as_lengths("target_lengths", target_lengths, N, device, unbatched)
 
     if unbatched:
         if targets.dim() != 1:
-            _fail("targets", "shape (S,) for an unbatched (T, C) input", f"shape {tuple(targets.shape)}")
+            fail("targets", "shape (S,) for an unbatched (T, C) input", f"shape {tuple(targets.shape)}")
         targets = targets.reshape(1, -1)
     if targets.dim() == 2:
         if targets.shape[0] != N:
-            _fail("targets", f"shape ({N}, S): the batch size of {scores_name} is {N}",
+            fail("targets", f"shape ({N}, S): the batch size of {scores_name} is {N}",
                   f"shape {tuple(targets.shape)}")
         padded_length = targets.shape[1]
         offsets = torch.arange(N, device=device, dtype=torch.long) * padded_length
@@ -117,23 +116,23 @@ def _prepare(scores: Tensor, targets: Tensor, input_lengths: Lengths, target_len
         offsets = torch.cumsum(tgt_on_device, 0) - tgt_on_device
         max_target_length = targets.numel()
     else:
-        _fail("targets", "shape (N, S) padded or (sum(target_lengths),) concatenated",
+        fail("targets", "shape (N, S) padded or (sum(target_lengths),) concatenated",
               f"shape {tuple(targets.shape)}")
 
     in_host = _host_values(in_lengths)
     if in_host is not None and N > 0:
         low, high = int(in_host.min()), int(in_host.max())
         if low < 0 or high > T:
-            _fail("input_lengths", f"values in [0, {T}] (T of {scores_name})", f"min {low}, max {high}")
+            fail("input_lengths", f"values in [0, {T}] (T of {scores_name})", f"min {low}, max {high}")
     tgt_host = _host_values(tgt_lengths)
     if tgt_host is not None and N > 0:
         low, high = int(tgt_host.min()), int(tgt_host.max())
         if low < 0:
-            _fail("target_lengths", "non-negative values", f"min {low}")
+            fail("target_lengths", "non-negative values", f"min {low}")
         if targets.dim() == 2 and high > max_target_length:
-            _fail("target_lengths", f"values <= {max_target_length}, the padded target width", f"max {high}")
+            fail("target_lengths", f"values <= {max_target_length}, the padded target width", f"max {high}")
         if targets.dim() == 1 and int(tgt_host.sum()) > targets.numel():
-            _fail("target_lengths", f"a sum <= {targets.numel()}, the number of concatenated targets",
+            fail("target_lengths", f"a sum <= {targets.numel()}, the number of concatenated targets",
                   f"sum {int(tgt_host.sum())}")
     flat = targets.reshape(-1).to(torch.long)
     if tgt_host is not None and _host_values(flat) is not None and N > 0:
@@ -142,10 +141,10 @@ def _prepare(scores: Tensor, targets: Tensor, input_lengths: Lengths, target_len
         used = flat[(starts[:, None] + positions[None])[positions[None] < tgt_host[:, None]]]
         if used.numel():
             if int(used.min()) < 0 or int(used.max()) >= C:
-                _fail("targets", f"labels in [0, {C}) (C of {scores_name})",
+                fail("targets", f"labels in [0, {C}) (C of {scores_name})",
                       f"min {int(used.min())}, max {int(used.max())}")
             if bool((used == blank).any()):
-                _fail("targets", f"no blank label ({blank}) within the target lengths",
+                fail("targets", f"no blank label ({blank}) within the target lengths",
                       "a target containing the blank")
     return _CTCBatch(flat.contiguous(), offsets.contiguous(),
                      in_lengths.to(device=device, dtype=torch.long).contiguous(),
@@ -171,7 +170,7 @@ def _reduce(per_sample: Tensor, target_lengths: Tensor, reduction: str) -> Tenso
 
 def _check_reduction(reduction: str) -> None:
     if reduction not in _REDUCTIONS:
-        _fail("reduction", f"one of {_REDUCTIONS}", repr(reduction))
+        fail("reduction", f"one of {_REDUCTIONS}", repr(reduction))
 
 
 # --------------------------------------------------------------------------
@@ -373,7 +372,7 @@ def ctc_loss_from_logits(logits: Tensor, targets: Tensor, input_lengths: Lengths
     _check_scores("logits", logits, allow_unbatched=False)
     _check_reduction(reduction)
     if not 0.0 <= float(label_smoothing) <= 1.0:
-        _fail("label_smoothing", "a value in [0, 1]", label_smoothing)
+        fail("label_smoothing", "a value in [0, 1]", label_smoothing)
     scores = _compute_dtype(logits.transpose(0, 1) if batch_first else logits)
     batch = _prepare(scores, targets, input_lengths, target_lengths, blank, False, "logits")
     nll, smooth, _, _ = torch.ops.pyprune.ctc_logits_forward(
@@ -408,7 +407,7 @@ def ctc_greedy_decode(scores: Tensor, input_lengths: Lengths, blank: int = 0,
     lengths = _as_lengths("input_lengths", input_lengths, N, scores.device, False)
     host = _host_values(lengths)
     if host is not None and N > 0 and (int(host.min()) < 0 or int(host.max()) > T):
-        _fail("input_lengths", f"values in [0, {T}] (T of scores)",
+        fail("input_lengths", f"values in [0, {T}] (T of scores)",
               f"min {int(host.min())}, max {int(host.max())}")
     return torch.ops.pyprune.ctc_greedy_decode(
         scores, lengths.to(device=scores.device, dtype=torch.long).contiguous(), blank)

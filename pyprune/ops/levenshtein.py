@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from pyprune._validation import fail
+
 from . import levenshtein_reference
 from ._registry import define
 
@@ -21,39 +23,36 @@ from ._registry import define
 # validation
 
 
-def _fail(name: str, expected: str, got) -> None:
-    raise ValueError(f"{name}: expected {expected}, got {got}")
-
 
 def _check_tokens(name: str, tokens: Tensor, batch: Optional[int] = None) -> Tensor:
     if not isinstance(tokens, Tensor):
-        _fail(name, "a tensor", type(tokens).__name__)
+        fail(name, "a tensor", type(tokens).__name__)
     if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-        _fail(name, "an integer tensor of token ids", f"dtype {tokens.dtype}")
+        fail(name, "an integer tensor of token ids", f"dtype {tokens.dtype}")
     if tokens.dim() != 2:
-        _fail(name, "shape (B, length)", f"shape {tuple(tokens.shape)}")
+        fail(name, "shape (B, length)", f"shape {tuple(tokens.shape)}")
     if batch is not None and tokens.shape[0] != batch:
-        _fail(name, f"batch size {batch}", f"shape {tuple(tokens.shape)}")
+        fail(name, f"batch size {batch}", f"shape {tuple(tokens.shape)}")
     if tokens.device.type == "cpu" and not torch.compiler.is_compiling() and tokens.numel():
         low = int(tokens.min())
         if low < 0:
-            _fail(name, "non-negative token ids", f"min {low}")
+            fail(name, "non-negative token ids", f"min {low}")
     tokens = tokens.to(torch.long)
     return tokens if tokens.stride(-1) == 1 or tokens.numel() == 0 else tokens.contiguous()
 
 
 def _check_index(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        _fail(name, "an int token id", type(value).__name__)
+        fail(name, "an int token id", type(value).__name__)
     if value < 0:
-        _fail(name, "a non-negative token id", value)
+        fail(name, "a non-negative token id", value)
     return value
 
 
 def _check_same_device(*named: tuple[str, Optional[Tensor]]) -> None:
     devices = {(name, t.device) for name, t in named if t is not None}
     if len({device for _, device in devices}) > 1:
-        _fail(named[1][0], f"a tensor on {named[0][1].device} like {named[0][0]}",
+        fail(named[1][0], f"a tensor on {named[0][1].device} like {named[0][0]}",
               ", ".join(f"{name} on {device}" for name, device in sorted(devices, key=str)))
 
 
@@ -141,7 +140,7 @@ def edit_distance(x: Tensor, y: Tensor, padding_idx: int, sub_cost: int = 2) -> 
     _check_same_device(("x", x), ("y", y))
     _check_index("padding_idx", padding_idx)
     if isinstance(sub_cost, bool) or not isinstance(sub_cost, int) or sub_cost < 0:
-        _fail("sub_cost", "a non-negative int", sub_cost)
+        fail("sub_cost", "a non-negative int", sub_cost)
     return torch.ops.pyprune.lev_edit_distance(x, y, padding_idx, sub_cost)
 
 
@@ -154,10 +153,10 @@ def suggested_ed2_path(xs: Sequence[Sequence[int]], ys: Sequence[Sequence[int]],
     token. As in libnat, an empty x gives [y, []].
     """
     if len(xs) != len(ys):
-        _fail("ys", f"{len(xs)} sequences like xs", f"{len(ys)}")
+        fail("ys", f"{len(xs)} sequences like xs", f"{len(ys)}")
     every = [t for seq in list(xs) + list(ys) for t in seq]
     if any(isinstance(t, bool) or not isinstance(t, int) for t in every):
-        _fail("xs/ys", "lists of ints", "another element type")
+        fail("xs/ys", "lists of ints", "another element type")
     pad = min(every + [0]) - 1  # a value no sequence contains
     width_x = max([len(x) for x in xs] + [1])
     width_y = max([len(y) for y in ys] + [1])
@@ -193,14 +192,14 @@ def _check_framing(tokens: Tensor, padding_idx: int, bos_idx: Optional[int], eos
         return
     lengths = tokens.ne(padding_idx).sum(1)
     if bool((lengths == 0).any()):
-        _fail("in_tokens", "rows holding at least eos", f"an all-padding row {int((lengths == 0).nonzero()[0])}")
+        fail("in_tokens", "rows holding at least eos", f"an all-padding row {int((lengths == 0).nonzero()[0])}")
     last = tokens.gather(1, (lengths - 1)[:, None]).squeeze(1)
     if bool((last != eos_idx).any()):
         row = int((last != eos_idx).nonzero()[0])
-        _fail("in_tokens", f"rows ending in eos ({eos_idx}) before their padding", f"row {row} ends in {int(last[row])}")
+        fail("in_tokens", f"rows ending in eos ({eos_idx}) before their padding", f"row {row} ends in {int(last[row])}")
     if bos_idx is not None and bool((tokens[:, 0] != bos_idx).any()):
         row = int((tokens[:, 0] != bos_idx).nonzero()[0])
-        _fail("in_tokens", f"rows starting with bos ({bos_idx})", f"row {row} starts with {int(tokens[row, 0])}")
+        fail("in_tokens", f"rows starting with bos ({bos_idx})", f"row {row} starts with {int(tokens[row, 0])}")
 
 
 def apply_del_words(in_tokens: Tensor, in_scores: Optional[Tensor], in_attn: Optional[Tensor],
@@ -215,10 +214,10 @@ def apply_del_words(in_tokens: Tensor, in_scores: Optional[Tensor], in_attn: Opt
     in_tokens = _check_tokens("in_tokens", in_tokens)
     B, L = in_tokens.shape
     if word_del_pred.shape != (B, L):
-        _fail("word_del_pred", f"shape {(B, L)} like in_tokens", f"shape {tuple(word_del_pred.shape)}")
+        fail("word_del_pred", f"shape {(B, L)} like in_tokens", f"shape {tuple(word_del_pred.shape)}")
     for name, value in (("in_scores", in_scores), ("in_attn", in_attn)):
         if value is not None and tuple(value.shape[:2]) != (B, L):
-            _fail(name, f"leading shape {(B, L)} like in_tokens", f"shape {tuple(value.shape)}")
+            fail(name, f"leading shape {(B, L)} like in_tokens", f"shape {tuple(value.shape)}")
     _check_same_device(("in_tokens", in_tokens), ("word_del_pred", word_del_pred),
                        ("in_scores", in_scores), ("in_attn", in_attn))
     for name, value in (("padding_idx", padding_idx), ("bos_idx", bos_idx), ("eos_idx", eos_idx)):
@@ -253,16 +252,16 @@ def apply_ins_masks(in_tokens: Tensor, in_scores: Optional[Tensor], mask_ins_pre
     in_tokens = _check_tokens("in_tokens", in_tokens)
     B, L = in_tokens.shape
     if mask_ins_pred.shape != (B, max(L - 1, 0)):
-        _fail("mask_ins_pred", f"shape {(B, max(L - 1, 0))} (one count per gap)",
+        fail("mask_ins_pred", f"shape {(B, max(L - 1, 0))} (one count per gap)",
               f"shape {tuple(mask_ins_pred.shape)}")
     if in_scores is not None and in_scores.shape != (B, L):
-        _fail("in_scores", f"shape {(B, L)} like in_tokens", f"shape {tuple(in_scores.shape)}")
+        fail("in_scores", f"shape {(B, L)} like in_tokens", f"shape {tuple(in_scores.shape)}")
     _check_same_device(("in_tokens", in_tokens), ("mask_ins_pred", mask_ins_pred),
                        ("in_scores", in_scores))
     for name, value in (("padding_idx", padding_idx), ("unk_idx", unk_idx), ("eos_idx", eos_idx)):
         _check_index(name, value)
     if max_length is not None and max_length < L:
-        _fail("max_length", f"at least in_tokens.size(1) = {L}", max_length)
+        fail("max_length", f"at least in_tokens.size(1) = {L}", max_length)
     _check_framing(in_tokens, padding_idx, None, eos_idx)
     present = in_tokens.ne(padding_idx)
     counts = mask_ins_pred.clamp(min=0).masked_fill(~present[:, 1:], 0)
@@ -292,7 +291,7 @@ def apply_ins_words(in_tokens: Tensor, in_scores: Optional[Tensor], word_ins_pre
     """Fill every unk placeholder with the predicted word (and its score)."""
     in_tokens = _check_tokens("in_tokens", in_tokens)
     if word_ins_pred.shape != in_tokens.shape:
-        _fail("word_ins_pred", f"shape {tuple(in_tokens.shape)} like in_tokens",
+        fail("word_ins_pred", f"shape {tuple(in_tokens.shape)} like in_tokens",
               f"shape {tuple(word_ins_pred.shape)}")
     _check_index("unk_idx", unk_idx)
     holes = in_tokens.eq(unk_idx)
@@ -300,7 +299,7 @@ def apply_ins_words(in_tokens: Tensor, in_scores: Optional[Tensor], word_ins_pre
     out_scores = None
     if in_scores is not None:
         if word_ins_scores is None or word_ins_scores.shape != in_tokens.shape:
-            _fail("word_ins_scores", f"shape {tuple(in_tokens.shape)} when in_scores is given",
+            fail("word_ins_scores", f"shape {tuple(in_tokens.shape)} when in_scores is given",
                   None if word_ins_scores is None else tuple(word_ins_scores.shape))
         out_scores = torch.where(holes, word_ins_scores.to(in_scores.dtype), in_scores)
     return out_tokens, out_scores

@@ -13,8 +13,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .layout import BLOCK, _live_first, expand_mask
-from .linear import _KERNEL_DTYPES, _triton_usable
+from pyprune._validation import fail
+
+from .layout import BLOCK, _live_first
+from ._routing import triton_or_reference
 
 torch.library.define(
     "pyprune::block_masked_attention",
@@ -60,36 +62,33 @@ def _backward_reference(grad_out, q, k, v, out, lse, block_mask, row_indices, ro
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _kernels_apply(q: Tensor) -> bool:
+def _kernels_take(q: Tensor) -> bool:
+    """The Triton tiles need a power-of-two head size in [16, 128]."""
     D = q.shape[-1]
-    return (q.dtype in _KERNEL_DTYPES and _triton_usable(q.device) and 16 <= D <= 128
-            and D & (D - 1) == 0)
+    return 16 <= D <= 128 and D & (D - 1) == 0
 
 
-def _forward_impl(q, k, v, block_mask, row_indices, row_counts, col_indices, col_counts,
-                  heads_per_mask, scale):
-    if _kernels_apply(q):
-        from pyprune.triton_kernels import block_masked_attention as kernels
-        return kernels.forward(q, k, v, row_indices, row_counts, heads_per_mask, scale)
-    return _forward_reference(q, k, v, block_mask, row_indices, row_counts, col_indices,
-                              col_counts, heads_per_mask, scale)
+def _forward_triton(q, k, v, block_mask, row_indices, row_counts, col_indices, col_counts,
+                    heads_per_mask, scale):
+    from pyprune.triton_kernels import block_masked_attention as kernels
+    return kernels.forward(q, k, v, row_indices, row_counts, heads_per_mask, scale)
 
 
-def _backward_impl(grad_out, q, k, v, out, lse, block_mask, row_indices, row_counts, col_indices,
-                   col_counts, heads_per_mask, scale):
-    if _kernels_apply(q):
-        from pyprune.triton_kernels import block_masked_attention as kernels
-        return kernels.backward(grad_out, q, k, v, out, lse, row_indices, row_counts, col_indices,
-                                col_counts, heads_per_mask, scale)
-    return _backward_reference(grad_out, q, k, v, out, lse, block_mask, row_indices, row_counts,
-                               col_indices, col_counts, heads_per_mask, scale)
+def _backward_triton(grad_out, q, k, v, out, lse, block_mask, row_indices, row_counts, col_indices,
+                     col_counts, heads_per_mask, scale):
+    from pyprune.triton_kernels import block_masked_attention as kernels
+    return kernels.backward(grad_out, q, k, v, out, lse, row_indices, row_counts, col_indices,
+                            col_counts, heads_per_mask, scale)
 
 
 torch.library.impl("pyprune::block_masked_attention", "default")(_forward_reference)
 torch.library.impl("pyprune::block_masked_attention_backward", "default")(_backward_reference)
 for _device in ("cpu", "cuda"):
-    torch.library.impl("pyprune::block_masked_attention", _device)(_forward_impl)
-    torch.library.impl("pyprune::block_masked_attention_backward", _device)(_backward_impl)
+    torch.library.impl("pyprune::block_masked_attention", _device)(
+        triton_or_reference(_forward_triton, _forward_reference, _kernels_take))
+    # The backward's first argument is grad_out, shaped like q.
+    torch.library.impl("pyprune::block_masked_attention_backward", _device)(
+        triton_or_reference(_backward_triton, _backward_reference, _kernels_take))
 
 
 @torch.library.register_fake("pyprune::block_masked_attention")
@@ -119,9 +118,6 @@ def _backward(ctx, grad_out, _grad_lse):
 torch.library.register_autograd("pyprune::block_masked_attention", _backward, setup_context=_setup)
 
 
-def _fail(name: str, expected: str, got) -> None:
-    raise ValueError(f"{name}: expected {expected}, got {got}")
-
 
 def block_masked_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: Tensor,
                            scale: Optional[float] = None) -> Tensor:
@@ -137,22 +133,22 @@ def block_masked_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: Tensor,
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.dim() != 4 or not t.dtype.is_floating_point:
-            _fail(name, "a floating-point tensor of shape (B, H, L, D)", getattr(t, "shape", type(t).__name__))
+            fail(name, "a floating-point tensor of shape (B, H, L, D)", getattr(t, "shape", type(t).__name__))
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     if k.shape != (B, H, Lk, D) or v.shape != k.shape:
-        _fail("k/v", f"shape (B={B}, H={H}, Lk, D={D}) for both", f"{tuple(k.shape)} and {tuple(v.shape)}")
+        fail("k/v", f"shape (B={B}, H={H}, Lk, D={D}) for both", f"{tuple(k.shape)} and {tuple(v.shape)}")
     if Lq % BLOCK or Lk % BLOCK:
-        _fail("q/k", f"sequence lengths that are multiples of {BLOCK} (pad them)", f"Lq={Lq}, Lk={Lk}")
+        fail("q/k", f"sequence lengths that are multiples of {BLOCK} (pad them)", f"Lq={Lq}, Lk={Lk}")
     for name, t in (("k", k), ("v", v), ("block_mask", block_mask)):
         if t.device != q.device:
-            _fail(name, f"a tensor on {q.device} like q", t.device)
+            fail(name, f"a tensor on {q.device} like q", t.device)
     QB, KB = Lq // BLOCK, Lk // BLOCK
     if block_mask.dtype != torch.bool:
-        _fail("block_mask", "a bool tensor", block_mask.dtype)
+        fail("block_mask", "a bool tensor", block_mask.dtype)
     mask = block_mask[None, None] if block_mask.dim() == 2 else block_mask
     if mask.dim() != 4 or mask.shape[2:] != (QB, KB) or mask.shape[0] not in (1, B) or mask.shape[1] not in (1, H):
-        _fail("block_mask", f"shape ({QB}, {KB}) or (B or 1, H or 1, {QB}, {KB})", tuple(block_mask.shape))
+        fail("block_mask", f"shape ({QB}, {KB}) or (B or 1, H or 1, {QB}, {KB})", tuple(block_mask.shape))
     if mask.shape[0] == 1 and mask.shape[1] == H and B > 1:
         mask = mask.expand(B, H, QB, KB)      # per-head masks: one per (batch, head)
     mask = mask.reshape(-1, QB, KB).contiguous()

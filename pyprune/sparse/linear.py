@@ -15,7 +15,6 @@ its gradient is ``pyprune::block_sparse_linear_backward``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -23,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyprune import backends
-
+from ._routing import triton_or_reference, triton_usable
 from .layout import BLOCK, BlockLayout, expand_mask, layout_for
 
 # Throughput of the block-sparse kernel relative to a dense GEMM of the same
@@ -37,14 +35,6 @@ KERNEL_EFFICIENCY = {"cuda": 0.5, "cpu": 0.0}
 # scatters the weight gradient back; measured on CPU (bench/RESULTS.md), where
 # below this the compacted path lost to masked dense at density 0.5.
 GATHER_COST = 64.0
-
-
-def _triton_usable(device: torch.device) -> bool:
-    if not backends.enabled("triton"):
-        return False
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # ---------------------------------------------------------------- the ops
@@ -76,20 +66,6 @@ def _backward_reference(grad_y, x, weight, mask, row_indices, row_counts, col_in
     return dx, dw
 
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _triton_or_reference(triton_impl, reference):
-    """A device's implementation: the Triton kernels when usable there (checked
-    per call, so backends.disabled("triton") takes effect) and the dtype is one
-    they support (float64 runs on the reference), else the reference."""
-    def impl(*args):
-        if args[0].dtype in _KERNEL_DTYPES and _triton_usable(args[0].device):
-            return triton_impl(*args)
-        return reference(*args)
-    return impl
-
-
 def _forward_triton(x, weight, bias, mask, row_indices, row_counts, col_indices, col_counts):
     from pyprune.triton_kernels import block_sparse_linear as kernels
     return kernels.forward(x, weight, bias, row_indices, row_counts)
@@ -107,9 +83,9 @@ torch.library.impl("pyprune::block_sparse_linear", "default")(_forward_reference
 torch.library.impl("pyprune::block_sparse_linear_backward", "default")(_backward_reference)
 for _device in ("cpu", "cuda"):
     torch.library.impl("pyprune::block_sparse_linear", _device)(
-        _triton_or_reference(_forward_triton, _forward_reference))
+        triton_or_reference(_forward_triton, _forward_reference))
     torch.library.impl("pyprune::block_sparse_linear_backward", _device)(
-        _triton_or_reference(_backward_triton, _backward_reference))
+        triton_or_reference(_backward_triton, _backward_reference))
 
 
 @torch.library.register_fake("pyprune::block_sparse_linear")
@@ -159,7 +135,7 @@ def choose_path(layout: BlockLayout, tokens: int, device: torch.device) -> PathC
     M*N'*K' on the live rows/columns plus gathering X's live columns and
     scattering Y's live rows; block_sparse costs the live blocks' flops at the
     kernel's measured efficiency (KERNEL_EFFICIENCY)."""
-    key = (tokens, device.type, _triton_usable(device))
+    key = (tokens, device.type, triton_usable(device))
     if key in layout.path_choices:
         return layout.path_choices[key]
     R, C = layout.mask.shape
@@ -174,7 +150,7 @@ def choose_path(layout: BlockLayout, tokens: int, device: torch.device) -> PathC
         if live_rows and live_cols else GATHER_COST * M * N,
     }
     efficiency = KERNEL_EFFICIENCY.get(device.type, 0.0)
-    if _triton_usable(device) and (efficiency > 0 or device.type == "cpu"):
+    if triton_usable(device) and (efficiency > 0 or device.type == "cpu"):
         costs["block_sparse"] = M * live * BLOCK * BLOCK / max(efficiency, 1e-3)
     path = min(costs, key=costs.get)
     choice = layout.path_choices[key] = PathChoice(path, costs, live, R * C)

@@ -66,6 +66,16 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, row_indices_ptr, row_co
 
 
 @triton.jit
+def _probs_and_score_grads(q, k, v, do, lse, delta, scale):
+    """Recompute P = exp(S - lse) for one (query block, key block) pair and
+    the score gradient dS = P * (dO V^T - delta) * scale."""
+    s = tl.dot(q, tl.trans(k), out_dtype=tl.float32) * scale
+    p = tl.exp(s - lse[:, None])                 # rows in a live block have a finite lse
+    dp = tl.dot(do, tl.trans(v), out_dtype=tl.float32)
+    return p, p * (dp - delta[:, None]) * scale
+
+
+@triton.jit
 def _grad_kv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                     col_indices_ptr, col_counts_ptr, Lq, Lk, heads_per_mask, scale, max_live,
                     D: tl.constexpr, UPCAST: tl.constexpr, BLOCK_B: tl.constexpr):
@@ -96,11 +106,8 @@ def _grad_kv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_
                 do = do.to(tl.float32)
             lse = tl.load(lse_ptr + bh * Lq + rows)
             delta = tl.load(delta_ptr + bh * Lq + rows)
-            s = tl.dot(q, tl.trans(k), out_dtype=tl.float32) * scale
-            p = tl.exp(s - lse[:, None])                     # rows in a live block have finite lse
+            p, ds = _probs_and_score_grads(q, k, v, do, lse, delta, scale)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, out_dtype=tl.float32)
-            dp = tl.dot(do, tl.trans(v), out_dtype=tl.float32)
-            ds = p * (dp - delta[:, None]) * scale
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, out_dtype=tl.float32)
     tl.store(dk_ptr + bh * Lk * D + keys[:, None] * D + dims[None, :], dk.to(dk_ptr.dtype.element_ty))
     tl.store(dv_ptr + bh * Lk * D + keys[:, None] * D + dims[None, :], dv.to(dv_ptr.dtype.element_ty))
@@ -136,10 +143,7 @@ def _grad_q_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
             if UPCAST:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), out_dtype=tl.float32) * scale
-            p = tl.exp(s - lse[:, None])
-            dp = tl.dot(do, tl.trans(v), out_dtype=tl.float32)
-            ds = p * (dp - delta[:, None]) * scale
+            _, ds = _probs_and_score_grads(q, k, v, do, lse, delta, scale)
             dq += tl.dot(ds.to(k.dtype), k, out_dtype=tl.float32)
     tl.store(dq_ptr + bh * Lq * D + rows[:, None] * D + dims[None, :], dq.to(dq_ptr.dtype.element_ty))
 
