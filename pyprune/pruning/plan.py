@@ -1,0 +1,172 @@
+"""Which heads, neurons and hidden dimensions a pruned model keeps.
+
+A ``PrunePlan`` is what every method produces and what compaction consumes:
+kept query heads per attention block, kept neurons per FFN block, kept
+hidden dimensions (shared by all layers) and, for DEER's 32x32 block pruning,
+the block masks of the projections that stay partially sparse. Index
+tensors are sorted, so compaction keeps the original order.
+
+``extract`` turns importance scores (learned SIMPLE masks, magnitudes,
+movement, random) into a plan for a compression ratio r:
+
+- ``uniform``: every layer keeps floor(H/r) heads, floor(d_ff/r) neurons and
+  the model floor(d/r) hidden dimensions, so the compacted model has one size
+  per component and a plain transformers config describes it;
+- ``global``: heads (and neurons) of all layers compete in one pool, so
+  per-layer sizes vary; each layer keeps at least one head and one neuron.
+
+With grouped-query attention (LLaMA) the query heads kept in a layer form
+equal-sized groups over the key/value heads that stay: the attention kernels
+of transformers need ``heads = kv_heads * group``. The count is the largest
+such product not above the target (ties: more key/value heads).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._validation import fail
+from .arch import ModelSpec
+
+MODES = ("uniform", "global")
+
+
+@dataclass
+class PrunePlan:
+    heads: dict[str, Tensor] = field(default_factory=dict)        # attention name -> kept query heads
+    neurons: dict[str, Tensor] = field(default_factory=dict)      # ffn name -> kept neurons
+    hidden: Optional[Tensor] = None                                # kept hidden dims (None: all)
+    block_masks: dict[str, Tensor] = field(default_factory=dict)  # projection path -> bool block mask
+
+    def to_dict(self) -> dict:
+        return {"heads": {k: v.tolist() for k, v in self.heads.items()},
+                "neurons": {k: v.tolist() for k, v in self.neurons.items()},
+                "hidden": None if self.hidden is None else self.hidden.tolist(),
+                "block_masks": {k: v.tolist() for k, v in self.block_masks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PrunePlan":
+        index = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+        return cls({k: index(v) for k, v in data.get("heads", {}).items()},
+                   {k: index(v) for k, v in data.get("neurons", {}).items()},
+                   None if data.get("hidden") is None else index(data["hidden"]),
+                   {k: torch.tensor(v, dtype=torch.bool) for k, v in data.get("block_masks", {}).items()})
+
+
+@dataclass
+class Importance:
+    """Scores per component, larger = more important (same layout as the specs)."""
+    heads: dict[str, Tensor]       # attention name -> (num_heads,)
+    neurons: dict[str, Tensor]     # ffn name -> (d_ff,)
+    hidden: Optional[Tensor]       # (d,) or None: hidden dimension not pruned
+
+
+def check_ratio(ratio: float, name: str = "ratio") -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 1:
+        fail(name, "a compression ratio > 1 (2 keeps half of each component)", ratio)
+    return float(ratio)
+
+
+def _top(scores: Tensor, count: int) -> Tensor:
+    # Stable on ties: the lower index wins, so plans are deterministic.
+    order = torch.sort(scores.detach().float().cpu(), descending=True, stable=True).indices
+    return order[:count].sort().values
+
+
+def gqa_shape(num_heads: int, num_kv_heads: int, target: int) -> tuple[int, int]:
+    """(kv_heads, group) with kv_heads*group <= target, as large as possible; ties: more kv heads."""
+    group_size = num_heads // num_kv_heads
+    best = (0, 0)
+    for group in range(1, group_size + 1):
+        kv = min(num_kv_heads, target // group)
+        if kv * group > best[0] * best[1] or (kv * group == best[0] * best[1] and kv > best[0]):
+            best = (kv, group)
+    if best[0] == 0:
+        best = (1, 1)
+    return best
+
+
+def select_heads(scores: Tensor, num_kv_heads: int, target: int) -> Tensor:
+    """Kept query heads: `target` best, shaped into equal groups over kept kv heads."""
+    num_heads = scores.numel()
+    target = max(1, min(num_heads, target))
+    if num_kv_heads == num_heads:
+        return _top(scores, target)
+    kv, group = gqa_shape(num_heads, num_kv_heads, target)
+    per_group = scores.detach().float().cpu().reshape(num_kv_heads, num_heads // num_kv_heads)
+    best_in_group = torch.sort(per_group, dim=1, descending=True, stable=True)
+    group_scores = best_in_group.values[:, :group].sum(dim=1)
+    kept_groups = _top(group_scores, kv)
+    heads = best_in_group.indices[kept_groups, :group] + kept_groups[:, None] * per_group.shape[1]
+    return heads.flatten().sort().values
+
+
+def extract(spec: ModelSpec, importance: Importance, ratio: float, mode: str = "uniform") -> PrunePlan:
+    """The sub-network keeping 1/ratio of each component (see the module docstring)."""
+    return extract_fraction(spec, importance, 1.0 / check_ratio(ratio), mode)
+
+
+def extract_fraction(spec: ModelSpec, importance: Importance, keep: float, mode: str = "uniform") -> PrunePlan:
+    """``extract`` by kept fraction in (0, 1] (1 keeps everything: progressive schedules start there)."""
+    if mode not in MODES:
+        fail("mode", f"one of {MODES}", repr(mode))
+    if not 0 < keep <= 1:
+        fail("keep", "a kept fraction in (0, 1]", keep)
+    plan = PrunePlan()
+    for attention in spec.attentions:
+        if attention.name not in importance.heads:
+            fail("importance", f"head scores for {attention.name}", "none")
+    if mode == "uniform":
+        for attention in spec.attentions:
+            target = max(1, math.floor(attention.num_heads * keep + 1e-9))
+            plan.heads[attention.name] = select_heads(importance.heads[attention.name],
+                                                      attention.num_kv_heads, target)
+        for ffn in spec.ffns:
+            plan.neurons[ffn.name] = _top(importance.neurons[ffn.name], max(1, math.floor(ffn.size * keep + 1e-9)))
+    else:
+        _extract_global(spec, importance, keep, plan)
+    if importance.hidden is not None:
+        count = math.floor(spec.hidden.size * keep + 1e-9)
+        if count < 1:
+            fail("ratio", f"at most {spec.hidden.size} (the hidden size) so one hidden dimension stays", 1 / keep)
+        plan.hidden = _top(importance.hidden, count)
+    return plan
+
+
+def _extract_global(spec: ModelSpec, importance: Importance, keep: float, plan: PrunePlan) -> None:
+    # Heads: one pool over all layers; each layer then keeps its winners, shaped
+    # into equal groups for grouped-query attention.
+    all_heads = torch.cat([importance.heads[a.name].detach().float().cpu() for a in spec.attentions])
+    total = max(len(spec.attentions), math.floor(all_heads.numel() * keep + 1e-9))
+    cutoff = torch.sort(all_heads, descending=True, stable=True).values[total - 1]
+    for attention in spec.attentions:
+        scores = importance.heads[attention.name]
+        winners = int((scores.detach().float().cpu() >= cutoff).sum())
+        plan.heads[attention.name] = select_heads(scores, attention.num_kv_heads, max(1, winners))
+    all_neurons = torch.cat([importance.neurons[f.name].detach().float().cpu() for f in spec.ffns])
+    total = max(len(spec.ffns), math.floor(all_neurons.numel() * keep + 1e-9))
+    cutoff = torch.sort(all_neurons, descending=True, stable=True).values[total - 1]
+    for ffn in spec.ffns:
+        scores = importance.neurons[ffn.name]
+        winners = int((scores.detach().float().cpu() >= cutoff).sum())
+        plan.neurons[ffn.name] = _top(scores, max(1, winners))
+
+
+def is_uniform(spec: ModelSpec, plan: PrunePlan) -> bool:
+    """Whether every layer keeps the same sizes (then a plain config describes the model)."""
+    head_counts = {(len(plan.heads.get(a.name, range(a.num_heads))),
+                    kv_heads_kept(a.num_heads, a.num_kv_heads, plan.heads.get(a.name)))
+                   for a in spec.attentions}
+    neuron_counts = {len(plan.neurons.get(f.name, range(f.size))) for f in spec.ffns}
+    return len(head_counts) <= 1 and len(neuron_counts) <= 1 and not plan.block_masks
+
+
+def kv_heads_kept(num_heads: int, num_kv_heads: int, heads: Optional[Tensor]) -> int:
+    if heads is None:
+        return num_kv_heads
+    group_size = num_heads // num_kv_heads
+    return int(torch.unique(heads // group_size).numel())
