@@ -10,10 +10,16 @@
   with per-layer sizes (uniform ones also load in plain transformers).
 """
 from .arch import SUPPORTED, model_spec
-from .compact import compact
+from . import importance
+from .compact import compact, count_parameters
+from .distill import (KeyValueRecorder, ProgressiveSchedule, causal_distillation, hidden_distillation,
+                      logits_distillation)
 from .masks import MaskedNorm, StructuredMasks
+from .movement import DEFAULT_KEEP, BlockMovementPruning, MovementLinear
 from .plan import Importance, PrunePlan, extract, extract_fraction
 from .pretrained import from_pretrained, save_pretrained
 
-__all__ = ["SUPPORTED", "Importance", "MaskedNorm", "PrunePlan", "StructuredMasks", "compact", "extract",
-           "extract_fraction", "from_pretrained", "model_spec", "save_pretrained"]
+__all__ = ["DEFAULT_KEEP", "SUPPORTED", "BlockMovementPruning", "Importance", "KeyValueRecorder", "MaskedNorm",
+           "MovementLinear", "ProgressiveSchedule", "PrunePlan", "StructuredMasks", "causal_distillation",
+           "compact", "count_parameters", "extract", "extract_fraction", "from_pretrained",
+           "hidden_distillation", "importance", "logits_distillation", "model_spec", "save_pretrained"]

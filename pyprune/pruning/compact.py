@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import fail
-from ..sparse import BLOCK
+from ..sparse import BLOCK, expand_mask
 from .arch import AttentionSpec, ModelSpec, Slot, is_conv1d, model_spec
 from .pretrained import record_sizes
 from .plan import PrunePlan, kv_heads_kept
@@ -200,8 +200,25 @@ def _install_block_sparse(model: nn.Module, block_masks: dict[str, Tensor]) -> N
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
         linear = getattr(parent, attr)
-        if not isinstance(linear, nn.Linear):
-            fail("plan.block_masks", f"nn.Linear modules, {path} is", type(linear).__name__)
         if bool(mask.all()):
             continue
+        if is_conv1d(linear):
+            # GPT-2's Conv1D stays a Conv1D (so the model still loads in plain
+            # transformers), its dead blocks zeroed: exact, not faster.
+            linear.weight.mul_(expand_mask(mask.to(linear.weight.device)).t().to(linear.weight.dtype))
+            continue
+        if not isinstance(linear, nn.Linear):
+            fail("plan.block_masks", f"nn.Linear or Conv1D modules, {path} is", type(linear).__name__)
         setattr(parent, attr, BlockSparseLinear.from_dense(linear, mask.to(linear.weight.device)))
+
+
+def count_parameters(model: nn.Module, live: bool = True) -> int:
+    """Parameters of `model` (tied ones once); with `live`, dead 32x32 blocks of
+    BlockSparseLinear layers are not counted."""
+    from ..nn import BlockSparseLinear
+    total = sum(p.numel() for p in model.parameters())
+    if live:
+        for module in model.modules():
+            if isinstance(module, BlockSparseLinear):
+                total -= int((~module.block_mask).sum()) * BLOCK * BLOCK
+    return total
