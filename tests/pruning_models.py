@@ -4,19 +4,21 @@ from __future__ import annotations
 import torch
 import transformers
 
-FAMILIES = ("bert", "roberta", "gpt2", "bart", "llama")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "gpt2", "bart", "llama")
 
 
 def tiny_model(family: str, hidden: int = 64, heads: int = 4, seed: int = 0, **overrides):
     """A 2-layer random model (eval mode, eager attention: exact comparisons)."""
     torch.manual_seed(seed)
     common = dict(vocab_size=97, attn_implementation="eager")
-    if family in ("bert", "roberta"):
-        cls = transformers.BertConfig if family == "bert" else transformers.RobertaConfig
+    if family in ("bert", "roberta", "xlm-roberta"):
+        cls, model_cls = {"bert": (transformers.BertConfig, transformers.BertModel),
+                          "roberta": (transformers.RobertaConfig, transformers.RobertaModel),
+                          "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaModel)}[family]
         config = cls(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads, intermediate_size=96,
                      max_position_embeddings=80, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                      **common, **overrides)
-        model = transformers.BertModel(config) if family == "bert" else transformers.RobertaModel(config)
+        model = model_cls(config)
     elif family == "gpt2":
         config = transformers.GPT2Config(n_embd=hidden, n_layer=2, n_head=heads, n_positions=64, resid_pdrop=0.0,
                                          embd_pdrop=0.0, attn_pdrop=0.0, **common, **overrides)

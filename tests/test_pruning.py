@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pruning_models import FAMILIES, inputs, output, tiny_model
-from pyprune.pruning import (BlockMovementPruning, Importance, PrunePlan, ProgressiveSchedule, StructuredMasks,
-                             compact, count_parameters, extract, from_pretrained, importance, model_spec,
-                             save_pretrained)
+from pyprune.pruning import (BlockMovementPruning, Importance, KeyValueRecorder, PrunePlan, ProgressiveSchedule,
+                             StructuredMasks, causal_distillation, compact, count_parameters, extract, from_pretrained,
+                             hidden_distillation, importance, logits_distillation, model_spec, save_pretrained)
 from pyprune.pruning.plan import gqa_shape, select_heads
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -262,7 +262,8 @@ def test_deer_regularizer_is_a_weighted_mean_of_sigmoids():
 LOAD_PLAIN = """
 import sys, torch, transformers
 path, family = sys.argv[1], sys.argv[2]
-cls = {"bert": transformers.BertModel, "roberta": transformers.RobertaModel, "gpt2": transformers.GPT2LMHeadModel,
+cls = {"bert": transformers.BertModel, "roberta": transformers.RobertaModel,
+       "xlm-roberta": transformers.XLMRobertaModel, "gpt2": transformers.GPT2LMHeadModel,
        "bart": transformers.BartForConditionalGeneration, "llama": transformers.LlamaForCausalLM}[family]
 model = cls.from_pretrained(path, attn_implementation="eager").eval()
 batch = torch.load(path + "/batch.pt")
@@ -335,6 +336,51 @@ def test_save_is_atomic(tmp_path):
         save_pretrained(Broken(), path)
     assert json.load(open(os.path.join(path, "config.json"))) == original
     assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+# ---------------------------------------------------------------- distillation
+
+def test_logits_distillation_matches_its_formula():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11, generator=generator), torch.randn(2, 5, 11, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    T = 2.0
+    per_token = -(torch.softmax(teacher / T, -1) * torch.log_softmax(student / T, -1)).sum(-1) * T * T
+    expected = per_token[mask.bool()].mean()
+    torch.testing.assert_close(logits_distillation(student, teacher, T, mask), expected)
+    # Minimised (over the student) at the teacher's logits: the gradient there is zero.
+    at_teacher = teacher.clone().requires_grad_()
+    logits_distillation(at_teacher, teacher, T).backward()
+    assert at_teacher.grad.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bart"])
+def test_causal_and_hidden_distillation_agree_for_masked_and_compacted_students(family):
+    teacher = tiny_model(family)
+    batch = inputs(family)
+    plan = extract(model_spec(teacher), random_importance(teacher, seed=2), 2.0)
+    with torch.no_grad(), KeyValueRecorder(teacher) as recorded:
+        teacher_out = teacher(**batch, output_hidden_states=True)
+    teacher_kv = recorded.records
+    student = tiny_model(family, seed=9)                          # different weights: nonzero losses
+    with torch.no_grad(), StructuredMasks(student) as masks, KeyValueRecorder(student) as rec:
+        masks.apply_plan(plan)
+        masked_out = student(**batch, output_hidden_states=True)
+    masked_kv = rec.records
+    small = compact(student, plan)
+    with torch.no_grad(), KeyValueRecorder(small) as rec:
+        small_out = small(**batch, output_hidden_states=True)
+    small_kv = rec.records
+    causal_masked = causal_distillation(masked_kv, teacher_kv, teacher, plan)
+    causal_small = causal_distillation(small_kv, teacher_kv, teacher, plan)
+    assert float(causal_masked) > 0
+    torch.testing.assert_close(causal_small, causal_masked, rtol=1e-5, atol=1e-6)
+    assert float(causal_distillation(teacher_kv, teacher_kv, teacher, plan)) == 0.0
+    hidden_key = "decoder_hidden_states" if family == "bart" else "hidden_states"
+    h_masked = hidden_distillation(masked_out[hidden_key], teacher_out[hidden_key], plan.hidden)
+    h_small = hidden_distillation(small_out[hidden_key], teacher_out[hidden_key], plan.hidden)
+    torch.testing.assert_close(h_small, h_masked, rtol=1e-5, atol=1e-6)
+    assert float(h_masked) > 0
 
 
 # ---------------------------------------------------------------- schedule and errors
