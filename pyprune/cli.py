@@ -13,6 +13,8 @@ def main(argv=None) -> int:
     bench = commands.add_parser("bench", help="run a benchmark against the PyTorch anchor", add_help=False)
     bench.add_argument("name", choices=["block_sparse", "ctc", "levenshtein", "pruning"], help="which benchmark")
     commands.add_parser("info", help="show which backends are built and enabled")
+    commands.add_parser("simple", help="SIMPLE pipeline: learn-masks | extract | finetune | evaluate | quick",
+                        add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
         import pyprune
@@ -22,6 +24,9 @@ def main(argv=None) -> int:
         if pyprune.backends.extension_error():
             print(f"  extension error: {pyprune.backends.extension_error()}")
         return 0
+    if args.command == "simple":
+        from pyprune.simple.cli import main as simple_main
+        return simple_main(rest)
     if args.command == "bench":
         import importlib
         return importlib.import_module(f"pyprune.benchmarks.{args.name}").main(rest)

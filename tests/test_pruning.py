@@ -122,7 +122,10 @@ def test_masks_get_gradients_and_remove_cleanly(family):
 def test_l1_penalty_and_importance():
     model = tiny_model("gpt2")
     with StructuredMasks(model) as masks:
-        assert math.isclose(float(masks.l1_penalty(2.0, 3.0, 5.0)), 10.0, rel_tol=1e-6)
+        heads = sum(m.numel() for m in masks.head_masks)
+        neurons = sum(m.numel() for m in masks.neuron_masks)
+        expected = 2.0 * heads + 3.0 * neurons + 5.0 * masks.hidden_mask.numel()
+        assert math.isclose(float(masks.l1_penalty(2.0, 3.0, 5.0)), expected, rel_tol=1e-6)
         with torch.no_grad():
             masks.head_masks[0][1] = -3.0
         assert float(masks.importance().heads["h.0.attn"][1]) == 3.0

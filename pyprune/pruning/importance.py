@@ -80,19 +80,27 @@ def movement(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, 
              hidden: bool = True) -> Importance:
     """Accumulate -dL/dm over `batches` (``loss_fn(model, batch)`` returns the loss); weights unchanged."""
     components = ("heads", "neurons", "hidden") if hidden else ("heads", "neurons")
-    totals = None
     with StructuredMasks(model, components) as masks:
+        named = [(("heads", n), m) for n, m in zip(masks.attention_names, masks.head_masks)]
+        named += [(("neurons", n), m) for n, m in zip(masks.ffn_names, masks.neuron_masks)]
+        if masks.hidden_mask is not None:
+            named.append((("hidden", None), masks.hidden_mask))
+        totals = None
         for batch in batches:
-            masks.zero_grad()
+            for _, mask in named:
+                mask.grad = None
             model.zero_grad(set_to_none=True)
             loss_fn(model, batch).backward()
-            grads = [-p.grad.detach().clone() for p in masks.parameters()]
+            grads = [-mask.grad.detach().clone() for _, mask in named]
             totals = grads if totals is None else [t + g for t, g in zip(totals, grads)]
         model.zero_grad(set_to_none=True)
-        if totals is None:
-            raise ValueError("batches: expected at least one batch, got none")
-        # Signed, unlike masks.importance()'s |m|: negative = moving towards zero.
-        heads, neurons = totals[:len(masks.head_masks)], totals[len(masks.head_masks):]
-        neurons, rest = neurons[:len(masks.neuron_masks)], neurons[len(masks.neuron_masks):]
-        return Importance(dict(zip(masks.attention_names, heads)), dict(zip(masks.ffn_names, neurons)),
-                          rest[0] if rest else None)
+    if totals is None:
+        raise ValueError("batches: expected at least one batch, got none")
+    # Signed, unlike StructuredMasks.importance()'s |m|: negative = moving towards zero.
+    scores = {"heads": {}, "neurons": {}, "hidden": None}
+    for ((kind, name), _), total in zip(named, totals):
+        if kind == "hidden":
+            scores["hidden"] = total
+        else:
+            scores[kind][name] = total
+    return Importance(scores["heads"], scores["neurons"], scores["hidden"])

@@ -146,15 +146,15 @@ class StructuredMasks(nn.Module):
 
     # ------------------------------------------------------------ learning
     def l1_penalty(self, heads: float = 1.0, neurons: float = 1.0, hidden: float = 1.0) -> Tensor:
-        """sum over components of coefficient x mean |mask| (mean: coefficients do not scale with size)."""
+        """sum over components of coefficient x ||mask||_1 (SIMPLE eq. 5, one coefficient per component)."""
         device = self.hidden_keep.device
         total = torch.zeros((), device=device)
         if self.head_masks:
-            total = total + heads * torch.cat([m.abs() for m in self.head_masks]).mean()
+            total = total + heads * torch.cat([m.abs() for m in self.head_masks]).sum()
         if self.neuron_masks:
-            total = total + neurons * torch.cat([m.abs() for m in self.neuron_masks]).mean()
+            total = total + neurons * torch.cat([m.abs() for m in self.neuron_masks]).sum()
         if self.hidden_mask is not None:
-            total = total + hidden * self.hidden_mask.abs().mean()
+            total = total + hidden * self.hidden_mask.abs().sum()
         return total
 
     def importance(self) -> Importance:

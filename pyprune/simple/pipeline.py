@@ -1,0 +1,210 @@
+"""SIMPLE (Tao et al., 2023): learn structured masks once, extract and distil any compression ratio.
+
+Stage 1 (``learn_masks``): masks on heads, FFN neurons and the shared hidden
+dimension (``pyprune.pruning.StructuredMasks``, initialised to 1) are trained
+with logits distillation from the unpruned model plus the L1 penalty; the
+model's weights stay frozen in this stage (only the masks learn).
+
+Stage 2 (``finetune``), for each ratio: the sub-network is extracted by
+threshold from the one set of learned masks (or from a baseline's scores),
+the masks are fixed and binary, the kept fraction shrinks along a
+progressive schedule, and the weights are fine-tuned with logits
+distillation + lambda_causal x key/value distillation + lambda_hidden x
+hidden-state distillation (+ lm_weight x the language-model loss). The
+result is compacted (``pyprune.pruning.compact``).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .._validation import fail
+from ..pruning import (Importance, KeyValueRecorder, ProgressiveSchedule, StructuredMasks, causal_distillation,
+                       compact, extract, extract_fraction, hidden_distillation, importance, logits_distillation,
+                       model_spec)
+from ..pruning.plan import check_ratio
+
+METHODS = ("simple", "magnitude", "random", "movement")
+
+
+@dataclass
+class SimpleConfig:
+    seq_len: int = 128
+    batch_size: int = 4
+    mask_steps: int = 200
+    # Untuned defaults: Adam moves each mask by about mask_lr per step, so the
+    # masks stay near 1 (the model keeps working) while their ranking forms.
+    mask_lr: float = 5e-3
+    l1_heads: float = 1e-4
+    l1_neurons: float = 1e-4
+    l1_hidden: float = 1e-4
+    finetune_steps: int = 200
+    lr: float = 5e-5
+    lambda_causal: float = 1.0
+    lambda_hidden: float = 1.0
+    lm_weight: float = 0.0
+    temperature: float = 1.0
+    mode: str = "uniform"
+    relu: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+def lm_chunks(tokenizer, text: str, seq_len: int) -> Tensor:
+    """Token ids of `text` cut into (n, seq_len) rows (the tail that does not fill a row is dropped)."""
+    ids = tokenizer(text, return_attention_mask=False)["input_ids"]
+    rows = len(ids) // seq_len
+    if rows == 0:
+        fail("text", f"at least {seq_len} tokens", len(ids))
+    return torch.tensor(ids[:rows * seq_len], dtype=torch.long).reshape(rows, seq_len)
+
+
+def _batches(chunks: Tensor, batch_size: int, steps: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        yield chunks[torch.randint(0, len(chunks), (batch_size,), generator=generator)]
+
+
+def _check_teacher(teacher: Optional[nn.Module]) -> nn.Module:
+    if teacher is None:
+        fail("teacher", "the unpruned model (distillation needs it)", None)
+    return teacher
+
+
+def learn_masks(model: nn.Module, teacher: nn.Module, chunks: Tensor, config: SimpleConfig) -> Importance:
+    """Stage 1: train masks only (weights frozen) with distillation + L1; return |mask| as importance."""
+    teacher = _check_teacher(teacher).eval()
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with StructuredMasks(model) as masks:
+            optimizer = torch.optim.Adam(masks.parameters(), lr=config.mask_lr)
+            bar = tqdm(_batches(chunks, config.batch_size, config.mask_steps, config.seed),
+                       total=config.mask_steps, desc="learning masks", disable=not config.progress)
+            for ids in bar:
+                with torch.no_grad():
+                    target = teacher(input_ids=ids).logits
+                loss = logits_distillation(model(input_ids=ids).logits, target, config.temperature)
+                loss = loss + masks.l1_penalty(config.l1_heads, config.l1_neurons, config.l1_hidden)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            return masks.importance()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def baseline_importance(method: str, model: nn.Module, chunks: Tensor, config: SimpleConfig) -> Importance:
+    if method == "magnitude":
+        return importance.magnitude(model)
+    if method == "random":
+        return importance.random(model, seed=config.seed)
+    if method == "movement":
+        def loss_fn(m, ids):
+            return F.cross_entropy(m(input_ids=ids).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        steps = max(1, config.mask_steps // 10)
+        return importance.movement(model, _batches(chunks, config.batch_size, steps, config.seed), loss_fn)
+    fail("method", f"one of {METHODS[1:]} (SIMPLE's own scores come from learn_masks)", repr(method))
+
+
+def swap_to_relu(model: nn.Module) -> None:
+    """Replace GeLU/SiLU FFN activations by ReLU (SIMPLE's option), config included."""
+    family = model_spec(model).family
+    relu = nn.ReLU()
+    for module in model.modules():
+        for attr in ("act_fn", "act", "activation_fn", "intermediate_act_fn"):
+            if isinstance(getattr(module, attr, None), nn.Module):
+                setattr(module, attr, relu)
+    for field in {"gpt2": ("activation_function",), "bart": ("activation_function",),
+                  "llama": ("hidden_act",), "bert": ("hidden_act",)}[family]:
+        setattr(model.config, field, "relu")
+
+
+def _hidden_states(output) -> tuple:
+    """Every layer's hidden states; encoder and decoder ones for sequence-to-sequence models."""
+    if getattr(output, "decoder_hidden_states", None) is not None:
+        return tuple(output.encoder_hidden_states) + tuple(output.decoder_hidden_states)
+    return tuple(output.hidden_states)
+
+
+def finetune(model: nn.Module, teacher: nn.Module, scores: Importance, ratio: float, chunks: Tensor,
+             config: SimpleConfig) -> nn.Module:
+    """Stage 2 for one ratio: progressive fixed masks, distillation, then compaction. `model` is not modified."""
+    ratio = check_ratio(ratio)
+    teacher = _check_teacher(teacher).eval()
+    student = copy.deepcopy(model).train()
+    if config.relu:
+        swap_to_relu(student)
+    spec = model_spec(student)
+    schedule = ProgressiveSchedule(ratio, max(1, config.finetune_steps))
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr)
+    with StructuredMasks(student) as masks:
+        bar = tqdm(_batches(chunks, config.batch_size, config.finetune_steps, config.seed + 1),
+                   total=config.finetune_steps, desc=f"fine-tuning r={ratio:g}", disable=not config.progress)
+        for step, ids in enumerate(bar):
+            plan = extract_fraction(spec, scores, schedule.keep(step), config.mode)
+            masks.apply_plan(plan)
+            with torch.no_grad(), KeyValueRecorder(teacher) as teacher_kv:
+                target = teacher(input_ids=ids, output_hidden_states=True)
+            with KeyValueRecorder(student) as student_kv:
+                out = student(input_ids=ids, output_hidden_states=True)
+            loss = logits_distillation(out.logits, target.logits, config.temperature)
+            if config.lambda_causal:
+                loss = loss + config.lambda_causal * causal_distillation(student_kv.records, teacher_kv.records,
+                                                                         teacher, plan)
+            if config.lambda_hidden:
+                loss = loss + config.lambda_hidden * hidden_distillation(_hidden_states(out), _hidden_states(target),
+                                                                         plan.hidden)
+            if config.lm_weight:
+                loss = loss + config.lm_weight * F.cross_entropy(out.logits[:, :-1].flatten(0, 1),
+                                                                 ids[:, 1:].flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        final = extract(spec, scores, ratio, config.mode)
+        masks.apply_plan(final)
+    return compact(student.eval(), final)
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, chunks: Tensor, batch_size: int = 8, progress: bool = False) -> float:
+    """exp(mean next-token cross-entropy) over every row of `chunks`."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in tqdm(range(0, len(chunks), batch_size), desc="perplexity", disable=not progress):
+        ids = chunks[start:start + batch_size]
+        logits = model(input_ids=ids).logits[:, :-1]
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"))
+        count += ids[:, 1:].numel()
+    return float(torch.exp(torch.tensor(total / count)))
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, vocab_size: int, batch: int = 8, tokens: int = 128, repeats: int = 3) -> float:
+    """Median forward time (ms) on random ids of shape (batch, tokens)."""
+    model.eval()
+    ids = torch.randint(0, vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    model(input_ids=ids)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(input_ids=ids)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1e3 * sorted(times)[len(times) // 2]
