@@ -18,6 +18,8 @@ shape (out_features, in_features) whatever its storage (``nn.Linear`` stores
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import torch
 from torch import Tensor, nn
 
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "gpt2", "bart", "llama")
@@ -71,6 +73,15 @@ class AttentionSpec:
         """Query heads per key/value head (1 without grouped-query attention)."""
         return self.num_heads // self.num_kv_heads
 
+    @property
+    def widths(self) -> tuple[int, int]:
+        """(query width, key/value width) in features; a fused [Q | K | V] output splits at these."""
+        return self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+
+    def kept_kv_heads(self, heads: Tensor) -> Tensor:
+        """The key/value heads that the query heads `heads` use (sorted)."""
+        return torch.unique(heads.cpu() // self.group_size)
+
     def projections(self) -> list[Slot]:
         """The distinct projection modules (GPT-2's fused c_attn counted once)."""
         return [self.q, self.o] if self.fused_qkv else [self.q, self.k, self.v, self.o]
@@ -106,6 +117,13 @@ class ModelSpec:
     # Task heads whose use of the hidden dimension pyprune does not know:
     # hidden-dimension pruning refuses models that have any.
     unknown_heads: list[str] = field(default_factory=list)
+
+    def hidden_projections(self) -> tuple[list[Slot], list[Slot]]:
+        """(projections reading the hidden state, projections writing it); GPT-2's c_attn once."""
+        readers = [slot for a in self.attentions for slot in a.projections() if slot is not a.o]
+        readers += [slot for f in self.ffns for slot in f.inputs] + self.hidden.readers
+        writers = [a.o for a in self.attentions] + [f.output for f in self.ffns] + self.hidden.writers
+        return readers, writers
 
     def set_heads(self, attention: AttentionSpec, heads: int, kv_heads: int) -> None:
         """Tell the transformers module its new head counts (after compaction)."""

@@ -24,7 +24,7 @@ from .._validation import fail
 from ..sparse import BLOCK, expand_mask
 from .arch import AttentionSpec, ModelSpec, Slot, is_conv1d, model_spec
 from .pretrained import record_sizes
-from .plan import PrunePlan, kv_heads_kept
+from .plan import PrunePlan
 
 
 class _Slicer:
@@ -78,19 +78,12 @@ def head_rows(heads: Tensor, head_dim: int) -> Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
 
 
-def _attention_rows(attention: AttentionSpec, heads: Tensor) -> tuple[Tensor, Tensor]:
-    """(query/output feature rows, key/value feature rows) of the kept heads."""
-    group = attention.group_size
-    kv_heads = torch.unique(heads // group)
-    return head_rows(heads, attention.head_dim), head_rows(kv_heads, attention.head_dim)
-
-
 def _compact_attention(spec: ModelSpec, attention: AttentionSpec, heads: Tensor, slicer: _Slicer,
                        block_masks: dict[str, Tensor], paths: dict[int, str]) -> None:
-    q_rows, kv_rows = _attention_rows(attention, heads)
+    kv_heads = attention.kept_kv_heads(heads)
+    q_rows, kv_rows = head_rows(heads, attention.head_dim), head_rows(kv_heads, attention.head_dim)
     if attention.fused_qkv:
-        width_q = attention.num_heads * attention.head_dim
-        width_kv = attention.num_kv_heads * attention.head_dim
+        width_q, width_kv = attention.widths
         fused_rows = torch.cat([q_rows, kv_rows + width_q, kv_rows + width_q + width_kv])
         _slice_block_mask(block_masks, paths, attention.q, out_index=fused_rows)
         slicer.projection(attention.q.module, out_index=fused_rows)
@@ -100,7 +93,7 @@ def _compact_attention(spec: ModelSpec, attention: AttentionSpec, heads: Tensor,
             slicer.projection(slot.module, out_index=rows)
     _slice_block_mask(block_masks, paths, attention.o, in_index=q_rows)
     slicer.projection(attention.o.module, in_index=q_rows)
-    spec.set_heads(attention, len(heads), kv_heads_kept(attention.num_heads, attention.num_kv_heads, heads))
+    spec.set_heads(attention, len(heads), len(kv_heads))
 
 
 def _slice_block_mask(block_masks: dict[str, Tensor], paths: dict[int, str], slot: Slot,
@@ -179,10 +172,7 @@ def _compact_hidden(model: nn.Module, spec: ModelSpec, hidden: Tensor, slicer: _
         slicer.embedding(slot.module, hidden)
     for slot in spec.hidden.norms:
         slicer.norm(slot.module, hidden)
-    readers = [slot for attention in spec.attentions for slot in (attention.q, attention.k, attention.v)]
-    readers += [slot for ffn in spec.ffns for slot in ffn.inputs] + spec.hidden.readers
-    writers = [attention.o for attention in spec.attentions] + [ffn.output for ffn in spec.ffns]
-    writers += spec.hidden.writers
+    readers, writers = spec.hidden_projections()
     seen: set[int] = set()
     for slot in readers + writers:
         module = slot.module

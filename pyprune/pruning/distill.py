@@ -82,9 +82,9 @@ class KeyValueRecorder:
         return x.reshape(*x.shape[:-1], -1, head_dim)
 
     def _fused(self, attention):
+        width_q, width_kv = attention.widths
+
         def hook(module, args, output):
-            width_q = attention.module.num_heads * attention.head_dim
-            width_kv = (output.shape[-1] - width_q) // 2
             k = output[..., width_q:width_q + width_kv]
             v = output[..., width_q + width_kv:]
             self.records[attention.name] = (self._heads(k, attention.head_dim), self._heads(v, attention.head_dim))
@@ -98,10 +98,16 @@ class KeyValueRecorder:
         return hook
 
 
-def _kept_kv(num_heads: int, num_kv_heads: int, heads: Optional[Tensor]) -> Optional[Tensor]:
-    if heads is None:
-        return None
-    return torch.unique(heads.cpu() // (num_heads // num_kv_heads))
+def _squared_error_on(student: Tensor, teacher: Tensor, kept: Optional[Tensor], dim: int) -> Tensor:
+    """(student - teacher)^2 on the kept entries of `dim`; a student that already lacks the
+    pruned entries (compacted) is compared as it is."""
+    teacher = teacher.detach()
+    if kept is not None:
+        index = kept.to(teacher.device)
+        teacher = teacher.index_select(dim, index)
+        if student.shape[dim] != teacher.shape[dim]:
+            student = student.index_select(dim, index)
+    return (student.float() - teacher.float()).pow(2)
 
 
 def causal_distillation(student: dict[str, tuple[Tensor, Tensor]], teacher: dict[str, tuple[Tensor, Tensor]],
@@ -119,17 +125,11 @@ def causal_distillation(student: dict[str, tuple[Tensor, Tensor]], teacher: dict
     for attention in spec.attentions:
         if attention.name not in teacher or attention.name not in student:
             fail("student", f"keys and values for {attention.name}", "none recorded")
-        kept = _kept_kv(attention.num_heads, attention.num_kv_heads,
-                        None if plan is None else plan.heads.get(attention.name))
+        heads = None if plan is None else plan.heads.get(attention.name)
+        kept = None if heads is None else attention.kept_kv_heads(heads)
         term = 0.0
         for s, t in zip(student[attention.name], teacher[attention.name]):
-            t = t.detach()
-            if kept is not None:
-                index = kept.to(t.device)
-                t = t.index_select(-2, index)
-                if s.shape[-2] != t.shape[-2]:
-                    s = s.index_select(-2, index)
-            term = term + _token_mean((s.float() - t.float()).pow(2).mean(dim=(-2, -1)), attention_mask)
+            term = term + _token_mean(_squared_error_on(s, t, kept, -2).mean(dim=(-2, -1)), attention_mask)
         total = term if total is None else total + term
     return total
 
@@ -145,13 +145,7 @@ def hidden_distillation(student_hidden: tuple[Tensor, ...], teacher_hidden: tupl
         fail("student_hidden", f"{len(teacher_hidden)} hidden states (the teacher's)", len(student_hidden))
     terms = []
     for s, t in zip(student_hidden, teacher_hidden):
-        t = t.detach()
-        if hidden_index is not None:
-            index = hidden_index.to(t.device)
-            t = t.index_select(-1, index)
-            if s.shape[-1] != t.shape[-1]:
-                s = s.index_select(-1, index)
-        terms.append(_token_mean((s.float() - t.float()).pow(2).mean(-1), attention_mask))
+        terms.append(_token_mean(_squared_error_on(s, t, hidden_index, -1).mean(-1), attention_mask))
     return torch.stack(terms).mean()
 
 

@@ -31,9 +31,8 @@ def magnitude(model: nn.Module, hidden: bool = True) -> Importance:
     spec = model_spec(model)
     heads, neurons = {}, {}
     for attention in spec.attentions:
-        dh, group = attention.head_dim, attention.group_size
-        q_total = attention.num_heads * dh
-        kv_total = attention.num_kv_heads * dh
+        group = attention.group_size
+        q_total, kv_total = attention.widths
         q = weight_matrix(attention.q.module).float()
         if attention.fused_qkv:
             q, k, v = q[:q_total], q[q_total:q_total + kv_total], q[q_total + kv_total:]
@@ -54,15 +53,12 @@ def magnitude(model: nn.Module, hidden: bool = True) -> Importance:
         total = torch.zeros(spec.hidden.size)
         for slot in spec.hidden.embeddings:
             total += slot.module.weight.float().pow(2).sum(0).cpu()
-        readers = [s for a in spec.attentions for s in (a.q, a.k, a.v)] + [s for f in spec.ffns for s in f.inputs]
-        writers = [a.o for a in spec.attentions] + [f.output for f in spec.ffns]
-        seen = set()
-        for slot in readers + spec.hidden.readers:
-            if id(slot.module) not in seen:
-                seen.add(id(slot.module))
-                total += weight_matrix(slot.module).float().pow(2).sum(0).cpu()
+        readers, writers = spec.hidden_projections()
+        for slot in readers:
+            total += weight_matrix(slot.module).float().pow(2).sum(0).cpu()
         for slot in writers:
-            total += weight_matrix(slot.module).float().pow(2).sum(1).cpu()
+            if slot not in spec.hidden.writers:
+                total += weight_matrix(slot.module).float().pow(2).sum(1).cpu()
         hidden_scores = total.sqrt()
     return Importance(heads, neurons, hidden_scores)
 

@@ -102,6 +102,7 @@ class BlockMovementPruning(nn.Module):
         self._slots: list[tuple[Slot, nn.Module]] = []
         self._handles: list = []
         self._ffn_weights: list[int] = []
+        self._ffn_outputs: list[nn.Module] = []     # a plain list: not registered as submodules
         paths = {id(module): name for name, module in model.named_modules()}
         if attention:
             for attn in spec.attentions:
@@ -146,7 +147,7 @@ class BlockMovementPruning(nn.Module):
         self.ffn_scores.append(nn.Parameter(torch.log(norm.sqrt() + 1e-12)))
         self.ffn_names.append(block.name)
         self._ffn_weights.append(parameters)
-        self.__dict__.setdefault("_ffn_outputs", []).append(block.output.module)
+        self._ffn_outputs.append(block.output.module)
 
     @staticmethod
     def _standardise(scores: nn.ParameterList) -> None:
@@ -160,7 +161,7 @@ class BlockMovementPruning(nn.Module):
     def _attach(self) -> None:
         for index, (slot, layer) in enumerate(self._slots):
             slot.replace(MovementLinear(layer, self, index))
-        for index, module in enumerate(self.__dict__.get("_ffn_outputs", [])):
+        for index, module in enumerate(self._ffn_outputs):
             self._handles.append(module.register_forward_pre_hook(self._ffn_hook(index)))
 
     def _ffn_hook(self, index: int):

@@ -137,36 +137,21 @@ def extract_fraction(spec: ModelSpec, importance: Importance, keep: float, mode:
     return plan
 
 
+def _global_counts(scores: dict[str, Tensor], keep: float) -> dict[str, int]:
+    """Per entry, how many of its units rank in the top `keep` of all entries pooled (at least one each)."""
+    pooled = torch.cat([v.detach().float().cpu() for v in scores.values()])
+    total = max(len(scores), math.floor(pooled.numel() * keep + 1e-9))
+    cutoff = torch.sort(pooled, descending=True, stable=True).values[total - 1]
+    return {name: max(1, int((v.detach().float().cpu() >= cutoff).sum())) for name, v in scores.items()}
+
+
 def _extract_global(spec: ModelSpec, importance: Importance, keep: float, plan: PrunePlan) -> None:
     # Heads: one pool over all layers; each layer then keeps its winners, shaped
     # into equal groups for grouped-query attention.
-    all_heads = torch.cat([importance.heads[a.name].detach().float().cpu() for a in spec.attentions])
-    total = max(len(spec.attentions), math.floor(all_heads.numel() * keep + 1e-9))
-    cutoff = torch.sort(all_heads, descending=True, stable=True).values[total - 1]
+    heads = _global_counts({a.name: importance.heads[a.name] for a in spec.attentions}, keep)
     for attention in spec.attentions:
-        scores = importance.heads[attention.name]
-        winners = int((scores.detach().float().cpu() >= cutoff).sum())
-        plan.heads[attention.name] = select_heads(scores, attention.num_kv_heads, max(1, winners))
-    all_neurons = torch.cat([importance.neurons[f.name].detach().float().cpu() for f in spec.ffns])
-    total = max(len(spec.ffns), math.floor(all_neurons.numel() * keep + 1e-9))
-    cutoff = torch.sort(all_neurons, descending=True, stable=True).values[total - 1]
+        plan.heads[attention.name] = select_heads(importance.heads[attention.name], attention.num_kv_heads,
+                                                  heads[attention.name])
+    neurons = _global_counts({f.name: importance.neurons[f.name] for f in spec.ffns}, keep)
     for ffn in spec.ffns:
-        scores = importance.neurons[ffn.name]
-        winners = int((scores.detach().float().cpu() >= cutoff).sum())
-        plan.neurons[ffn.name] = _top(scores, max(1, winners))
-
-
-def is_uniform(spec: ModelSpec, plan: PrunePlan) -> bool:
-    """Whether every layer keeps the same sizes (then a plain config describes the model)."""
-    head_counts = {(len(plan.heads.get(a.name, range(a.num_heads))),
-                    kv_heads_kept(a.num_heads, a.num_kv_heads, plan.heads.get(a.name)))
-                   for a in spec.attentions}
-    neuron_counts = {len(plan.neurons.get(f.name, range(f.size))) for f in spec.ffns}
-    return len(head_counts) <= 1 and len(neuron_counts) <= 1 and not plan.block_masks
-
-
-def kv_heads_kept(num_heads: int, num_kv_heads: int, heads: Optional[Tensor]) -> int:
-    if heads is None:
-        return num_kv_heads
-    group_size = num_heads // num_kv_heads
-    return int(torch.unique(heads // group_size).numel())
+        plan.neurons[ffn.name] = _top(importance.neurons[ffn.name], neurons[ffn.name])

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ..io import atomic_write_text
+from ..io import atomic_torch_save, atomic_write_text
 from ..pruning import PrunePlan, count_parameters, extract, model_spec, save_pretrained
 from ..pruning.plan import check_ratio
 from .pipeline import METHODS, SimpleConfig, baseline_importance, finetune, latency_ms, learn_masks, lm_chunks, \
@@ -34,13 +34,6 @@ def _load(name: str):
         raise SystemExit(f"--model: expected 'smollm2' or a local model directory, got {name!r}")
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model, transformers.AutoTokenizer.from_pretrained(path)
-
-
-def _atomic_torch_save(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = path + ".tmp"
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
 
 
 class Run:
@@ -67,7 +60,7 @@ class Run:
                 scores = learn_masks(self.model, self.teacher, self.train, self.config)
             else:
                 scores = baseline_importance(method, self.model, self.train, self.config)
-            _atomic_torch_save(scores, path)
+            atomic_torch_save(scores, path)
         return torch.load(path, weights_only=False)
 
     def plan(self, method: str, ratio: float) -> PrunePlan:

@@ -16,7 +16,6 @@ result is compacted (``pyprune.pruning.compact``).
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -192,19 +191,9 @@ def perplexity(model: nn.Module, chunks: Tensor, batch_size: int = 8, progress: 
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, vocab_size: int, batch: int = 8, tokens: int = 128, repeats: int = 3) -> float:
-    """Median forward time (ms) on random ids of shape (batch, tokens)."""
+    """Median forward time (ms) on random ids of shape (batch, tokens), after one warm-up."""
+    from ..benchmarks.common import median_ms
     model.eval()
-    ids = torch.randint(0, vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(0))
     device = next(model.parameters()).device
-    ids = ids.to(device)
-    model(input_ids=ids)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(input_ids=ids)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1e3 * sorted(times)[len(times) // 2]
+    ids = torch.randint(0, vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(0)).to(device)
+    return median_ms(lambda: model(input_ids=ids), device.type, warmup=1, repeats=repeats)
