@@ -150,6 +150,17 @@ def test_magnitude_ranks_the_largest_head_and_neuron_first():
     assert int(scores.neurons[ffn.name].argmax()) == 7
 
 
+def test_magnitude_of_hidden_dims_counts_every_weight_compaction_removes():
+    model = tiny_model("bert")                   # has a pooler: it reads and writes the hidden state
+    before = importance.magnitude(model).hidden
+    with torch.no_grad():
+        row = model.pooler.dense.weight[5]       # output row of hidden dim 5 (its input column left alone)
+        row[6:] *= 10
+        row[:5] *= 10
+    after = importance.magnitude(model).hidden
+    assert after[5] > before[5]
+
+
 def test_random_is_seeded():
     model = tiny_model("llama")
     a, b, c = importance.random(model, 1), importance.random(model, 1), importance.random(model, 2)

@@ -57,8 +57,7 @@ def magnitude(model: nn.Module, hidden: bool = True) -> Importance:
         for slot in readers:
             total += weight_matrix(slot.module).float().pow(2).sum(0).cpu()
         for slot in writers:
-            if slot not in spec.hidden.writers:
-                total += weight_matrix(slot.module).float().pow(2).sum(1).cpu()
+            total += weight_matrix(slot.module).float().pow(2).sum(1).cpu()
         hidden_scores = total.sqrt()
     return Importance(heads, neurons, hidden_scores)
 
