@@ -41,6 +41,19 @@ def test_every_stage(family):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())     # finetune copies
 
 
+def test_mask_learning_distills_from_an_unmasked_teacher_when_teacher_is_model():
+    # The CLI passes the model as its own teacher. Were the teacher masked
+    # too, the distillation gradient would vanish and only L1 would act:
+    # every mask of a kind would move by exactly the same amount.
+    model = tiny_model("llama")
+    config = SimpleConfig(seq_len=16, batch_size=4, mask_steps=8, mask_lr=0.05, progress=False)
+    scores = learn_masks(model, model, chunks(), config)
+    heads = torch.cat([s.flatten() for s in scores.heads.values()])
+    neurons = torch.cat([s.flatten() for s in scores.neurons.values()])
+    assert heads.std() > 1e-4 and neurons.std() > 1e-4
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_finetuning_lowers_the_distillation_gap():
     model, teacher = tiny_model("llama"), tiny_model("llama")
     data = chunks()

@@ -38,16 +38,17 @@ class SimpleConfig:
     seq_len: int = 128
     batch_size: int = 4
     mask_steps: int = 200
-    # Untuned defaults: Adam moves each mask by about mask_lr per step, so the
-    # masks stay near 1 (the model keeps working) while their ranking forms.
+    # Adam moves each mask by about mask_lr per step, so the masks stay near 1
+    # (the model keeps working) while their ranking forms. L1 coefficients and
+    # the distillation weights below are the paper's (appendix A.3).
     mask_lr: float = 5e-3
-    l1_heads: float = 1e-4
-    l1_neurons: float = 1e-4
+    l1_heads: float = 2e-4
+    l1_neurons: float = 5e-5
     l1_hidden: float = 1e-4
     finetune_steps: int = 200
     lr: float = 5e-5
-    lambda_causal: float = 1.0
-    lambda_hidden: float = 1.0
+    lambda_causal: float = 1e-3
+    lambda_hidden: float = 1e-3
     lm_weight: float = 0.0
     temperature: float = 1.0
     mode: str = "uniform"
@@ -80,6 +81,11 @@ def _check_teacher(teacher: Optional[nn.Module]) -> nn.Module:
 def learn_masks(model: nn.Module, teacher: nn.Module, chunks: Tensor, config: SimpleConfig) -> Importance:
     """Stage 1: train masks only (weights frozen) with distillation + L1; return |mask| as importance."""
     teacher = _check_teacher(teacher).eval()
+    if teacher is model:
+        # Masks hook the module they are attached to: a teacher that is the
+        # same module would be masked too (its logits would follow the
+        # student's and the distillation gradient would vanish).
+        model = copy.deepcopy(model)
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
