@@ -15,6 +15,9 @@ def main(argv=None) -> int:
     commands.add_parser("info", help="show which backends are built and enabled")
     commands.add_parser("simple", help="SIMPLE pipeline: learn-masks | extract | finetune | evaluate | quick",
                         add_help=False)
+    commands.add_parser("deer", help="DEER: prepare-data | train | generate | evaluate", add_help=False)
+    commands.add_parser("demo", help="train DEER briefly on CPU and print its quality/latency table",
+                        add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
         import pyprune
@@ -27,6 +30,12 @@ def main(argv=None) -> int:
     if args.command == "simple":
         from pyprune.simple.cli import main as simple_main
         return simple_main(rest)
+    if args.command == "deer":
+        from pyprune.deer.cli import main as deer_main
+        return deer_main(rest)
+    if args.command == "demo":
+        from pyprune.deer.cli import demo
+        return demo(rest)
     if args.command == "bench":
         import importlib
         return importlib.import_module(f"pyprune.benchmarks.{args.name}").main(rest)

@@ -1,0 +1,158 @@
+"""``Deer``: a DEER model with its tokenizer and pruning controller, ready to generate, save and load."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from dataclasses import fields
+from typing import Optional, Sequence
+
+import torch
+
+from .._validation import fail
+from ..io import atomic_torch_save
+from ..pruning import DEFAULT_KEEP, BlockMovementPruning
+from .generate import generate_ids
+from .model import DeerConfig, DeerModel, special_ids
+
+FORMAT = "pyprune-deer-1"
+CHECKPOINT = "checkpoint.pt"
+
+
+class Deer:
+    """DEER model + tokenizer + (optional) dynamic block pruning.
+
+    ``generate(sources, max_iter, adaptive, keep, batch_size)`` decodes
+    strings; ``keep`` selects one of the trained sub-networks, compacted (FFN
+    neurons and dead heads removed, block-sparse attention projections) so
+    that a smaller keep ratio is also faster.
+    """
+
+    def __init__(self, model: DeerModel, tokenizer, pruning: Optional[BlockMovementPruning] = None) -> None:
+        self.model, self.tokenizer, self.pruning = model, tokenizer, pruning
+        self._subnetworks: dict = {}
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(cls, path: str, vocab: Optional[Sequence[int]] = None, prune: bool = True,
+                      keep_ratios: Sequence[float] = DEFAULT_KEEP, **config) -> "Deer":
+        """A new DEER model on the pretrained encoder in local directory `path` (never a hub name)."""
+        import transformers
+        if not os.path.isdir(path):
+            fail("path", "a local directory holding a BERT/RoBERTa/XLM-R model", repr(path))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        encoder = transformers.AutoModel.from_pretrained(path, add_pooling_layer=False)
+        return cls.from_encoder(encoder, tokenizer, vocab=vocab, prune=prune, keep_ratios=keep_ratios, **config)
+
+    @classmethod
+    def from_encoder(cls, encoder, tokenizer, vocab: Optional[Sequence[int]] = None, prune: bool = True,
+                     keep_ratios: Sequence[float] = DEFAULT_KEEP, **config) -> "Deer":
+        known = {f.name for f in fields(DeerConfig)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            fail("config", f"DeerConfig fields {sorted(known)}", unknown)
+        deer_config = DeerConfig(**{**special_ids(tokenizer), **config, "vocab": list(vocab or [])})
+        model = DeerModel(encoder, deer_config)
+        pruning = BlockMovementPruning(encoder, keep_ratios) if prune else None
+        return cls(model, tokenizer, pruning)
+
+    @property
+    def keep_ratios(self) -> list[float]:
+        return list(self.pruning.keep_ratios) if self.pruning is not None else [1.0]
+
+    # ------------------------------------------------------------ sub-networks
+    def clear_cache(self) -> None:
+        """Forget compacted sub-networks (call after the weights or scores change)."""
+        self._subnetworks = {}
+
+    def sub_network(self, keep: float = 1.0) -> DeerModel:
+        """The model at keep ratio `keep`, compacted, in eval mode (cached until ``clear_cache``)."""
+        if self.pruning is None:
+            if keep != 1.0:
+                fail("keep", "1.0 (this model was trained without pruning)", keep)
+            return self.model.eval()
+        keep = self.pruning._ratio(keep)
+        if keep not in self._subnetworks:
+            with torch.no_grad():
+                if keep == 1.0:
+                    with self.pruning.detached() as encoder:
+                        small = copy.deepcopy(encoder)
+                else:
+                    small = self.pruning.compact(keep)
+                sub = DeerModel(small, self.model.config)
+                heads = {k: v for k, v in self.model.state_dict().items() if not k.startswith("encoder.")}
+                missing, unexpected = sub.load_state_dict(heads, strict=False)
+                assert not unexpected and all(k.startswith("encoder.") for k in missing)
+                sub.to(self.model.output_bias.device)
+            self._subnetworks[keep] = sub.eval()
+        return self._subnetworks[keep]
+
+    # ------------------------------------------------------------ text in, text out
+    def encode(self, texts: Sequence[str], name: str = "sources") -> list[list[int]]:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            fail(name, "a list of strings", type(texts).__name__)
+        if len(texts) == 0:
+            return []
+        return self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        if len(ids) == 0:
+            return []
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+    def generate(self, sources: Sequence[str], max_iter: int = 2, adaptive: bool = True, keep: float = 1.0,
+                 batch_size: int = 32) -> list[str]:
+        """Translate/generate for each source string: CTC draft, then up to `max_iter` edit iterations."""
+        ids = self.encode(sources)
+        return self.decode(generate_ids(self.sub_network(keep), ids, max_iter=max_iter, adaptive=adaptive,
+                                        batch_size=batch_size))
+
+    # ------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        encoder = self.model.encoder
+        return {"format": FORMAT, "deer": self.model.config.to_dict(), "encoder_config": encoder.config.to_dict(),
+                "keep_ratios": self.keep_ratios if self.pruning is not None else None,
+                "model": self.model.state_dict(),
+                "pruning": self.pruning.state_dict() if self.pruning is not None else None,
+                "pruning_steps": self.pruning.steps if self.pruning is not None else 0}
+
+    def save(self, path: str, extra: Optional[dict] = None) -> None:
+        """Write `path`/checkpoint.pt atomically (and the tokenizer once, beside it)."""
+        os.makedirs(path, exist_ok=True)
+        tokenizer_dir = os.path.join(path, "tokenizer")
+        if not os.path.isdir(tokenizer_dir):
+            staging = tempfile.mkdtemp(dir=path, prefix=".tokenizer.tmp-")
+            try:
+                self.tokenizer.save_pretrained(staging)
+                os.rename(staging, tokenizer_dir)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        atomic_torch_save({**self.state(), **(extra or {})}, os.path.join(path, CHECKPOINT))
+
+    @classmethod
+    def load(cls, path: str, map_location: str = "cpu") -> tuple["Deer", dict]:
+        """(model, the whole checkpoint dict) from a directory written by ``save``."""
+        import transformers
+        file = os.path.join(path, CHECKPOINT)
+        if not os.path.isfile(file):
+            fail("path", f"a DEER checkpoint directory (with {CHECKPOINT})", repr(path))
+        state = torch.load(file, map_location=map_location, weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            fail("path", f"a checkpoint of format {FORMAT!r}",
+                 repr(state.get("format")) if isinstance(state, dict) else type(state).__name__)
+        config = dict(state["encoder_config"])
+        encoder_config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
+        encoder = transformers.AutoModel.from_config(encoder_config, add_pooling_layer=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+        model = DeerModel(encoder, DeerConfig(**state["deer"]))
+        pruning = None
+        if state["keep_ratios"] is not None:
+            pruning = BlockMovementPruning(encoder, state["keep_ratios"])
+            pruning.load_state_dict(state["pruning"])
+            pruning.steps = state["pruning_steps"]
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(f"path: checkpoint does not match its own configuration: {error}") from None
+        return cls(model, tokenizer, pruning), state

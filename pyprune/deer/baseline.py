@@ -1,0 +1,192 @@
+"""The autoregressive baseline: the same pretrained encoder with a small Transformer decoder.
+
+The decoder (pre-LayerNorm, ``layers`` blocks of self-attention,
+cross-attention and FFN at the encoder's width) shares the encoder's word
+embeddings for input and output (the output restricted to the same
+vocabulary as DEER's, plus [eos]). Trained with teacher forcing and label
+smoothing 0.1; decoded greedily with a key/value cache: the source is
+encoded once, cross-attention keys/values are computed once, and each step
+runs one token per row through the decoder.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .._validation import fail
+from .generate import pad_rows
+
+
+class _Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden) for _ in range(4))
+
+    def split(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, causal: bool = False) -> Tensor:
+        out = F.scaled_dot_product_attention(self.split(self.q(x)), k, v, attn_mask=mask, is_causal=causal)
+        return self.o(out.transpose(1, 2).reshape(x.shape))
+
+
+class _Block(nn.Module):
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn, self.cross_attn = _Attention(hidden, heads), _Attention(hidden, heads)
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(3))
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, memory_kv, memory_mask, self_kv=None):
+        """`self_kv`: None (training: causal over x) or a list [k, v] cache extended in place."""
+        h = self.norms[0](x)
+        k, v = self.self_attn.split(self.self_attn.k(h)), self.self_attn.split(self.self_attn.v(h))
+        if self_kv is not None:
+            if self_kv:
+                k, v = torch.cat([self_kv[0], k], 2), torch.cat([self_kv[1], v], 2)
+            self_kv[:] = [k, v]
+        x = x + self.dropout(self.self_attn(h, k, v, causal=self_kv is None))
+        x = x + self.dropout(self.cross_attn(self.norms[1](x), *memory_kv, mask=memory_mask))
+        return x + self.dropout(self.ffn(self.norms[2](x)))
+
+
+class AutoregressiveBaseline(nn.Module):
+    """Encoder (a BERT-family model) + `layers`-block decoder, greedy decoding with a KV cache.
+
+    Args:
+        encoder: the pretrained encoder (BertModel/RobertaModel/XLMRobertaModel).
+        vocab: output token ids (DEER's restricted vocabulary); [eos] is added.
+        pad_id, bos_id, eos_id: the tokenizer's special ids.
+    """
+
+    def __init__(self, encoder: nn.Module, vocab: Sequence[int], pad_id: int, bos_id: int, eos_id: int,
+                 layers: int = 3, max_length: int = 128) -> None:
+        super().__init__()
+        cfg = encoder.config
+        hidden, heads = cfg.hidden_size, cfg.num_attention_heads
+        self.encoder = encoder
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.max_length = max_length
+        out = [eos_id] + sorted({int(t) for t in vocab} - {eos_id, pad_id, bos_id})
+        self.register_buffer("out_to_token", torch.tensor(out), persistent=False)
+        token_to_out = torch.full((cfg.vocab_size,), -100, dtype=torch.long)
+        token_to_out[self.out_to_token] = torch.arange(len(out))
+        self.register_buffer("token_to_out", token_to_out, persistent=False)
+        self.positions = nn.Embedding(max_length + 1, hidden)
+        self.embed_norm = nn.LayerNorm(hidden)
+        self.blocks = nn.ModuleList(_Block(hidden, heads, cfg.intermediate_size, cfg.hidden_dropout_prob)
+                                    for _ in range(layers))
+        self.final_norm = nn.LayerNorm(hidden)
+        self.output_bias = nn.Parameter(torch.zeros(len(out)))
+        nn.init.normal_(self.positions.weight, std=cfg.initializer_range)
+
+    def _embed(self, tokens: Tensor, start: int = 0) -> Tensor:
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        return self.embed_norm(self.encoder.embeddings.word_embeddings(tokens) + self.positions(positions)[None])
+
+    def _logits(self, h: Tensor) -> Tensor:
+        words = self.encoder.embeddings.word_embeddings.weight[self.out_to_token]
+        return F.linear(self.final_norm(h), words, self.output_bias)
+
+    def _memory(self, sources: Tensor):
+        valid = sources.ne(self.pad_id)
+        memory = self.encoder(input_ids=sources, attention_mask=valid.long()).last_hidden_state
+        kv = [(b.cross_attn.split(b.cross_attn.k(memory)), b.cross_attn.split(b.cross_attn.v(memory)))
+              for b in self.blocks]
+        return kv, valid[:, None, None, :]
+
+    def forward(self, sources: Tensor, targets: Tensor, label_smoothing: float = 0.1) -> Tensor:
+        """Teacher-forced loss; `targets` framed [bos] y [eos] and padded."""
+        targets = targets[:, :self.max_length + 1]
+        kv, mask = self._memory(sources)
+        inputs, gold = targets[:, :-1], targets[:, 1:]
+        h = self._embed(inputs.masked_fill(inputs.eq(self.eos_id), self.pad_id))
+        for block, memory_kv in zip(self.blocks, kv):
+            h = block(h, memory_kv, mask)
+        labels = self.token_to_out[gold].masked_fill(gold.eq(self.pad_id), -100)
+        return F.cross_entropy(self._logits(h).flatten(0, 1), labels.flatten(), ignore_index=-100,
+                               label_smoothing=label_smoothing)
+
+    @torch.no_grad()
+    def generate_ids(self, sources: Sequence[Sequence[int]], batch_size: int = 32,
+                     max_length: Optional[int] = None) -> list[list[int]]:
+        """Greedy decoding with a key/value cache; returns token ids without [bos]/[eos]."""
+        if len(sources) == 0:
+            return []
+        self.eval()
+        device = self.output_bias.device
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        results: list = [None] * len(sources)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            batch = pad_rows([sources[i] for i in index], self.pad_id).to(device)
+            limit = min(max_length or self.max_length, self.max_length, 2 * batch.shape[1] + 10)
+            kv, mask = self._memory(batch)
+            caches = [[] for _ in self.blocks]
+            token = torch.full((len(index), 1), self.bos_id, dtype=torch.long, device=device)
+            done = torch.zeros(len(index), dtype=torch.bool, device=device)
+            out = []
+            for t in range(limit):
+                h = self._embed(token, t)
+                for block, memory_kv, cache in zip(self.blocks, kv, caches):
+                    h = block(h, memory_kv, mask, cache)
+                token = self.out_to_token[self._logits(h)[:, -1].argmax(-1)][:, None]
+                token = token.masked_fill(done[:, None], self.pad_id)
+                out.append(token)
+                done |= token[:, 0].eq(self.eos_id)
+                if bool(done.all()):
+                    break
+            tokens = torch.cat(out, 1)
+            for row, i in enumerate(index):
+                ids = []
+                for t in tokens[row].tolist():
+                    if t in (self.eos_id, self.pad_id):
+                        break
+                    ids.append(t)
+                results[i] = ids
+        return results
+
+
+def train_baseline(model: AutoregressiveBaseline, pairs: Sequence[tuple[list[int], list[int]]], steps: int,
+                   batch_size: int = 32, lr: float = 1e-4, head_lr: float = 1e-3, seed: int = 0,
+                   time_limit: Optional[float] = None, progress: bool = True) -> dict:
+    """Teacher-forced training (AdamW, linear warm-up 5% then linear decay)."""
+    import time
+    if not pairs:
+        fail("pairs", "at least one (source, target) pair", "none")
+    encoder = {id(p) for p in model.encoder.parameters()}
+    optimizer = torch.optim.AdamW([
+        {"params": list(model.encoder.parameters()), "lr": lr},
+        {"params": [p for p in model.parameters() if id(p) not in encoder], "lr": head_lr}], betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, 1 - (s - warmup) / max(1, steps - warmup)))
+    rng = random.Random(seed)
+    model.train()
+    started, loss = time.perf_counter(), math.nan
+    device = model.output_bias.device
+    bar = tqdm(range(steps), desc="training AR baseline", disable=not progress)
+    step = 0
+    for step in bar:
+        index = [rng.randrange(len(pairs)) for _ in range(batch_size)]
+        sources = pad_rows([pairs[i][0] for i in index], model.pad_id).to(device)
+        targets = pad_rows([pairs[i][1] for i in index], model.pad_id).to(device)
+        value = model(sources, targets)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        schedule.step()
+        loss = float(value.detach())
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if time_limit is not None and time.perf_counter() - started > time_limit:
+            break
+    model.eval()
+    return {"step": step + 1, "loss": loss, "seconds": time.perf_counter() - started}

@@ -1,0 +1,105 @@
+"""Quality and speed of a trained DEER model: BLEU x keep ratio x edit iterations, latency, parameters."""
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import torch
+
+from ..pruning import count_parameters
+from .api import Deer
+from .baseline import AutoregressiveBaseline
+from .generate import generate_ids
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu, 13a tokenisation), lowercased: the backbone's tokenizer is uncased."""
+    import sacrebleu
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=True).score)
+
+
+def _ms_per_sentence(run, sources, batch_size: int, repeats: int = 1) -> float:
+    run(sources[:batch_size], batch_size)                 # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(sources, batch_size)
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / len(sources)
+
+
+def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
+             iterations: Sequence[int] = (0, 1, 2), baseline: Optional[AutoregressiveBaseline] = None,
+             latency_sentences: int = 50, progress: bool = True) -> dict:
+    """One row per (keep, iterations) and one for the baseline: BLEU, ms/sentence at batch 1 and 32, params."""
+    from tqdm.auto import tqdm
+    sources = deer.encode([s for s, _ in pairs])
+    references = [t for _, t in pairs]
+    timed = sources[:latency_sentences]
+    rows = []
+    configs = [(k, i) for k in keeps for i in iterations]
+    for keep, iters in tqdm(configs, desc="evaluating DEER", disable=not progress):
+        model = deer.sub_network(keep)
+
+        def run(src, batch_size, model=model, iters=iters):
+            return generate_ids(model, src, max_iter=iters, batch_size=batch_size)
+        hypotheses = deer.decode(run(sources, 32))
+        rows.append({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True),
+                     "bleu": bleu(hypotheses, references),
+                     "ms_batch1": _ms_per_sentence(run, timed, 1), "ms_batch32": _ms_per_sentence(run, sources, 32),
+                     "example": hypotheses[0]})
+    if baseline is not None:
+        def run_ar(src, batch_size):
+            return baseline.generate_ids(src, batch_size=batch_size)
+        hypotheses = deer.decode(run_ar(sources, 32))
+        rows.append({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)",
+                     "keep": 1.0, "iterations": None, "params": count_parameters(baseline),
+                     "bleu": bleu(hypotheses, references),
+                     "ms_batch1": _ms_per_sentence(run_ar, timed, 1), "ms_batch32": _ms_per_sentence(run_ar, sources, 32),
+                     "example": hypotheses[0]})
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
+            "device": str(deer.model.output_bias.device), "sentences": len(pairs),
+            "latency_sentences": len(timed), "source_example": pairs[0][0] if pairs else "",
+            "reference_example": references[0] if pairs else "", "rows": rows}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['date']} | {result['device']}, {result['threads']} threads | BLEU (sacrebleu, lowercased) "
+             f"on {result['sentences']} test sentences | latency: ms per sentence, batch 1 over the first "
+             f"{result['latency_sentences']}, batch 32 over all", "",
+             "| model | keep | edit iterations | parameters | BLEU | ms/sent batch 1 | ms/sent batch 32 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        iters = "-" if r["iterations"] is None else ("0 (CTC only)" if r["iterations"] == 0 else str(r["iterations"]))
+        lines.append(f"| {r['model']} | {r['keep']:g} | {iters} | {r['params'] / 1e6:.1f}M | {r['bleu']:.2f} | "
+                     f"{r['ms_batch1']:.1f} | {r['ms_batch32']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> bool:
+    """BLEU against batch-1 latency, one line per keep ratio; False (and nothing written) without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from ..io import atomic_write
+    figure, axis = plt.subplots(figsize=(6, 4))
+    deer_rows = [r for r in result["rows"] if r["iterations"] is not None]
+    for keep in sorted({r["keep"] for r in deer_rows}, reverse=True):
+        rows = [r for r in deer_rows if r["keep"] == keep]
+        axis.plot([r["ms_batch1"] for r in rows], [r["bleu"] for r in rows], marker="o", label=f"DEER keep {keep:g}")
+        for r in rows:
+            axis.annotate(str(r["iterations"]), (r["ms_batch1"], r["bleu"]), fontsize=7)
+    for r in result["rows"]:
+        if r["iterations"] is None:
+            axis.scatter([r["ms_batch1"]], [r["bleu"]], marker="s", color="black", label="autoregressive")
+    axis.set_xlabel("latency, ms per sentence (batch 1)")
+    axis.set_ylabel("BLEU")
+    axis.set_title("DEER: quality vs latency (labels: edit iterations)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=120), binary=True)
+    plt.close(figure)
+    return True

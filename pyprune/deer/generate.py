@@ -1,0 +1,108 @@
+"""DEER decoding: one CTC pass, then Levenshtein edit iterations (delete, insert placeholders, fill).
+
+The source is encoded once per batch (``DeerModel.encode_source``); the CTC
+pass and the three passes of each edit iteration run only the target rows
+against the cached source keys and values. With ``adaptive=True`` a row
+leaves the batch once an iteration leaves it unchanged.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .._validation import fail
+from ..ops import apply_del_words, apply_ins_masks, apply_ins_words, ctc_greedy_decode
+from .losses import frame
+from .model import DeerModel
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> Tensor:
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+    return out
+
+
+def _trim(tokens: Tensor, pad_id: int) -> Tensor:
+    width = int(tokens.ne(pad_id).sum(1).max()) if tokens.numel() else 0
+    return tokens[:, :width]
+
+
+def _same(a: Tensor, b: Tensor, pad_id: int) -> Tensor:
+    width = max(a.shape[1], b.shape[1])
+    a = torch.nn.functional.pad(a, (0, width - a.shape[1]), value=pad_id)
+    b = torch.nn.functional.pad(b, (0, width - b.shape[1]), value=pad_id)
+    return (a == b).all(1)
+
+
+@torch.no_grad()
+def ctc_draft(model: DeerModel, cache, sources: Tensor) -> Tensor:
+    """[bos] greedy CTC output [eos] per row, padded."""
+    lengths = sources.ne(model.config.pad_id).sum(1)
+    n = model.num_slots(lengths)
+    logits = model.vocab_logits(model.decode_target(cache, model.ctc_slots(sources, lengths)))
+    classes, out_lengths = ctc_greedy_decode(logits, n, blank=0, batch_first=True)
+    return frame(model.to_tokens(classes), out_lengths, model, model.max_positions)
+
+
+@torch.no_grad()
+def edit_once(model: DeerModel, cache, tokens: Tensor) -> Tensor:
+    """One edit iteration: delete, insert placeholders, fill them."""
+    c = model.config
+    h = model.decode_target(cache, tokens)
+    deleted, _, _ = apply_del_words(tokens, None, None, model.deletion_logits(h).argmax(-1), c.pad_id, c.bos_id,
+                                    c.eos_id)
+    deleted = _trim(deleted, c.pad_id)
+    h = model.decode_target(cache, deleted)
+    counts = model.placeholder_logits(h).argmax(-1)
+    width = min(model.max_positions, deleted.shape[1] + int(counts.sum(1).max()))
+    inserted, _ = apply_ins_masks(deleted, None, counts, c.pad_id, c.mask_id, c.eos_id, max_length=width)
+    inserted = _trim(inserted, c.pad_id)
+    holes = inserted.eq(c.mask_id)
+    if not bool(holes.any()):
+        return inserted
+    h = model.decode_target(cache, inserted)
+    words = model.to_tokens(model.vocab_logits(h)[..., 1:].argmax(-1) + 1)
+    filled, _ = apply_ins_words(inserted, None, words, None, c.mask_id)
+    return filled
+
+
+@torch.no_grad()
+def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: int = 2, adaptive: bool = True,
+                 batch_size: int = 32) -> list[list[int]]:
+    """Token ids in, token ids out (without [bos]/[eos]); `sources` rows are framed [bos] x [eos]."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        fail("max_iter", "a number of edit iterations >= 0", max_iter)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        fail("batch_size", "a positive integer", batch_size)
+    if len(sources) == 0:
+        return []
+    c = model.config
+    model.eval()
+    device = model.output_bias.device
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    results: list = [None] * len(sources)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        batch = pad_rows([sources[i] for i in index], c.pad_id).to(device)
+        cache = model.encode_source(batch)
+        tokens = ctc_draft(model, cache, batch)
+        active = torch.arange(len(index), device=device)
+        for _ in range(max_iter):
+            current = _trim(tokens[active], c.pad_id)
+            edited = edit_once(model, cache.select(active), current)
+            changed = ~_same(edited, current, c.pad_id)
+            if edited.shape[1] > tokens.shape[1]:
+                tokens = torch.nn.functional.pad(tokens, (0, edited.shape[1] - tokens.shape[1]), value=c.pad_id)
+            tokens[active] = torch.nn.functional.pad(edited, (0, tokens.shape[1] - edited.shape[1]), value=c.pad_id)
+            if adaptive:
+                active = active[changed]
+                if len(active) == 0:
+                    break
+        for row, i in enumerate(index):
+            ids = tokens[row]
+            results[i] = [int(t) for t in ids if int(t) not in (c.pad_id, c.bos_id, c.eos_id)]
+    return results

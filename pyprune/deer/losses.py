@@ -1,0 +1,170 @@
+"""DEER's training objective (Algorithm 1): CTC with glancing, the three editor losses, the regulariser.
+
+``DeerObjective`` wraps the model and its pruning controller in one module
+whose ``forward(sources, targets)`` returns the losses, so that data-parallel
+training (``torch.nn.parallel.DistributedDataParallel``) sees every
+parameter, the movement scores included.
+
+Inputs are token ids: ``sources`` (B, S) as [bos] x [eos], ``targets`` (B, T)
+as [bos] y [eos], both padded with the pad id.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import (apply_del_words, ctc_best_alignment, ctc_greedy_decode, ctc_loss_from_logits, get_del_targets,
+                   get_ins_targets)
+from .model import DeerModel
+
+
+@dataclass
+class LossConfig:
+    ctc_smoothing: float = 0.1
+    insertion_smoothing: float = 0.1
+    placeholder_smoothing: float = 0.01
+    regularizer: float = 10.0          # lambda of eq. 7 (on the parameter-weighted mean of sigmoid(scores))
+    draft_prob: float = 0.0            # chance per step of training the editor on the model's own CTC drafts
+
+
+def content(targets: Tensor, model: DeerModel) -> tuple[Tensor, Tensor]:
+    """Targets without [bos]/[eos], as output classes left-packed, and their lengths."""
+    c = model.config
+    inner = targets.ne(c.pad_id) & targets.ne(c.bos_id) & targets.ne(c.eos_id)
+    lengths = inner.sum(1)
+    order = torch.argsort((~inner).to(torch.int8), dim=1, stable=True)
+    packed = targets.gather(1, order)[:, :max(int(lengths.max()), 1)]
+    keep = torch.arange(packed.shape[1], device=targets.device)[None] < lengths[:, None]
+    return torch.where(keep, model.to_output(packed), 0), lengths
+
+
+def frame(tokens: Tensor, lengths: Tensor, model: DeerModel, max_width: Optional[int] = None) -> Tensor:
+    """[bos] tokens[:length] [eos] per row, padded (tokens are token ids; rows cut to fit max_width)."""
+    c = model.config
+    if max_width is not None:
+        lengths = lengths.clamp(max=max_width - 2)
+    width = int(lengths.max()) + 2 if len(lengths) else 2
+    pos = torch.arange(width, device=tokens.device)[None]
+    pos = pos.expand(len(lengths), width)
+    if tokens.shape[1]:
+        body = tokens.gather(1, (pos - 1).clamp(min=0, max=tokens.shape[1] - 1))
+    else:
+        body = torch.full_like(pos, c.pad_id)
+    out = torch.where(pos == 0, c.bos_id, torch.where(pos <= lengths[:, None], body, c.pad_id))
+    return out.masked_fill(pos == lengths[:, None] + 1, c.eos_id)
+
+
+def random_deletion(targets: Tensor, model: DeerModel, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Delete each content token with a per-row probability drawn from U(0, 1) (bos/eos kept), left-packed."""
+    c = model.config
+    rate = torch.rand(targets.shape[0], 1, generator=generator, device=targets.device)
+    drop = torch.rand(targets.shape, generator=generator, device=targets.device) < rate
+    out, _, _ = apply_del_words(targets, None, None, drop.long(), c.pad_id, c.bos_id, c.eos_id)
+    return out[:, :int(out.ne(c.pad_id).sum(1).max())]
+
+
+def glance(model: DeerModel, logits: Tensor, slots: Tensor, n_slots: Tensor, labels: Tensor, label_lengths: Tensor,
+           ratio: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """GLAT's CTC variant: reveal ratio x (frames the model gets wrong on the best alignment) slots.
+
+    The oracle is the Viterbi alignment of the reference under the model's own
+    scores (``ctc_best_alignment``); the revealed slots take the aligned
+    token's id (frames aligned to the blank keep their slot token).
+    """
+    if ratio <= 0:
+        return slots
+    alignment, best = ctc_best_alignment(logits.detach(), labels, n_slots, label_lengths, blank=0, batch_first=True)
+    valid = torch.arange(slots.shape[1], device=slots.device)[None] < n_slots[:, None]
+    wrong = (logits.argmax(-1) != alignment) & valid
+    count = torch.ceil(wrong.sum(1).float() * ratio).long()
+    count = torch.where(torch.isfinite(best), count, 0)           # unalignable rows reveal nothing
+    candidates = valid & alignment.ne(0)
+    noise = torch.rand(slots.shape, generator=generator, device=slots.device).masked_fill(~candidates, 2.0)
+    rank = noise.argsort(1).argsort(1)
+    reveal = candidates & (rank < count[:, None])
+    return torch.where(reveal, model.to_tokens(alignment), slots)
+
+
+class DeerObjective(nn.Module):
+    """The DEER model, its pruning controller (optional) and the joint loss of Algorithm 1."""
+
+    def __init__(self, model: DeerModel, pruning: Optional[nn.Module] = None,
+                 config: Optional[LossConfig] = None) -> None:
+        super().__init__()
+        self.model = model
+        self.pruning = pruning
+        self.config = config or LossConfig()
+
+    def forward(self, sources: Tensor, targets: Tensor, glance_ratio: float = 0.0,
+                generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+        model, c, cfg = self.model, self.model.config, self.config
+        cache = model.encode_source(sources)
+        source_lengths = sources.ne(c.pad_id).sum(1)
+        n_slots = model.num_slots(source_lengths)
+        slots = model.ctc_slots(sources, source_lengths)
+        labels, label_lengths = content(targets, model)
+        if glance_ratio > 0:
+            with torch.no_grad():
+                first = model.vocab_logits(model.decode_target(cache, slots))
+            slots = glance(model, first, slots, n_slots, labels, label_lengths, glance_ratio, generator)
+        logits = model.vocab_logits(model.decode_target(cache, slots))
+        losses = {"ctc": ctc_loss_from_logits(logits, labels, n_slots, label_lengths, blank=0, zero_infinity=True,
+                                              label_smoothing=cfg.ctc_smoothing, batch_first=True)}
+
+        use_drafts = cfg.draft_prob > 0 and float(torch.rand((), generator=generator)) < cfg.draft_prob
+        if use_drafts:
+            # The editor's input at test time: the CTC draft. Deletion learns on
+            # it directly; insertion on the draft after the oracle deletions.
+            drafts, lengths = ctc_greedy_decode(logits.detach(), n_slots, blank=0, batch_first=True)
+            drafted = frame(model.to_tokens(drafts), lengths, model, model.max_positions)
+            deletion_input = drafted
+            wrong = self._deletion_labels(drafted, targets)
+            y_del, _, _ = apply_del_words(drafted, None, None, wrong, c.pad_id, c.bos_id, c.eos_id)
+            y_del = y_del[:, :int(y_del.ne(c.pad_id).sum(1).max())]
+        else:
+            y_del = random_deletion(targets, model, generator)
+        masked, masked_tokens, insert_counts = get_ins_targets(y_del, targets, c.pad_id, c.mask_id)
+
+        h = model.decode_target(cache, y_del)
+        gaps = y_del[:, 1:].ne(c.pad_id)
+        plh = model.placeholder_logits(h)[gaps]
+        losses["placeholder"] = F.cross_entropy(plh, insert_counts[gaps].clamp(max=c.max_placeholders - 1),
+                                                label_smoothing=cfg.placeholder_smoothing)
+
+        h = model.decode_target(cache, masked_tokens)
+        words = model.vocab_logits(h)[..., 1:]                 # no blank among insertions
+        if bool(masked.any()):
+            losses["insertion"] = F.cross_entropy(words[masked], model.to_output(targets[masked]) - 1,
+                                                  label_smoothing=cfg.insertion_smoothing)
+        else:
+            losses["insertion"] = words.sum() * 0.0
+        if not use_drafts:
+            filled = model.to_tokens(words.detach().argmax(-1) + 1)
+            deletion_input = torch.where(masked, filled, masked_tokens)
+        h = model.decode_target(cache, deletion_input)
+        labels_del = self._deletion_labels(deletion_input, targets)
+        editable = deletion_input.ne(c.pad_id) & deletion_input.ne(c.bos_id) & deletion_input.ne(c.eos_id)
+        losses["deletion"] = F.cross_entropy(model.deletion_logits(h)[editable], labels_del[editable])
+        if self.pruning is not None and cfg.regularizer:
+            losses["regularizer"] = cfg.regularizer * self.pruning.regularizer()
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def _deletion_labels(self, drafts: Tensor, targets: Tensor) -> Tensor:
+        """(B, drafts width) 1 where the draft token is not on the edit path to the reference."""
+        labels = get_del_targets(drafts, targets, self.model.config.pad_id)
+        width = drafts.shape[1]
+        if labels.shape[1] < width:
+            labels = F.pad(labels, (0, width - labels.shape[1]))
+        return labels[:, :width]
+
+
+def glance_ratio(step: int, total: int, start: float = 0.5, end: float = 0.2) -> float:
+    """Glancing ratio annealed linearly from `start` to `end` over training."""
+    if total <= 1:
+        return end
+    return start + (end - start) * min(1.0, step / (total - 1))

@@ -1,0 +1,274 @@
+"""DEER's model: one BERT-family encoder as CTC generator and Levenshtein editor.
+
+Input layout (Liang et al., 2023, section 3.1): the source tokens, then
+target slots; target positions restart at 0 and target tokens get token type
+1 (where the encoder has two types). Source rows attend to the source only,
+target rows attend to everything (padding excluded). Because the source
+never sees the target, every layer's source keys and values depend on the
+source alone: ``encode_source`` computes them once and ``decode_target``
+runs only the target rows against them. The CTC pass, and each of the three
+passes of every edit iteration, is one ``decode_target`` call on the same
+source cache. ``joint_forward`` runs the same computation as a single pass
+over the concatenated input with the block mask (``joint_attention_mask``);
+the tests check that both agree.
+
+Heads, all sharing the encoder:
+- vocabulary logits: a new transform (dense, GELU, LayerNorm) and the word
+  embeddings as output matrix (tied), restricted to ``vocab`` (token ids seen
+  in training) plus one CTC blank class (output index 0);
+- deletion classifier (keep/delete per token), placeholder classifier (how
+  many tokens to insert between two neighbours, 0..max_placeholders-1, from
+  both neighbours' states) and the insertion classifier (the vocabulary
+  logits without the blank).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import fail
+
+BACKBONES = ("bert", "roberta", "xlm-roberta")
+
+
+@dataclass
+class DeerConfig:
+    """Everything besides the encoder's own config that a DEER model needs."""
+    alpha: float = 2.0                 # target slots per source token
+    slots: str = "unk"                 # "unk": [bos] unk... [eos] (published code); "copy": upsampled source
+    max_placeholders: int = 64         # placeholder classes: insert 0..max_placeholders-1 tokens per gap
+    pad_id: int = 0
+    bos_id: int = 101
+    eos_id: int = 102
+    unk_id: int = 100
+    mask_id: int = 103                 # the editor's placeholder token
+    vocab: list = field(default_factory=list)   # output token ids (empty: the whole vocabulary)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def special_ids(tokenizer) -> dict:
+    """pad/bos/eos/unk/mask ids of a BERT-family tokenizer (bos = [CLS] or <s>, eos = [SEP] or </s>)."""
+    ids = dict(pad_id=tokenizer.pad_token_id, bos_id=tokenizer.cls_token_id, eos_id=tokenizer.sep_token_id,
+               unk_id=tokenizer.unk_token_id, mask_id=tokenizer.mask_token_id)
+    missing = [k for k, v in ids.items() if v is None]
+    if missing:
+        fail("tokenizer", "a BERT-family tokenizer with pad, cls, sep, unk and mask tokens", f"none for {missing}")
+    return ids
+
+
+class SourceCache:
+    """Per-layer source keys and values, (batch, heads, source, head_dim), and the source padding mask."""
+
+    def __init__(self, keys: list, values: list, mask: Tensor) -> None:
+        self.keys, self.values, self.mask = keys, values, mask
+
+    def select(self, rows: Tensor) -> "SourceCache":
+        return SourceCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.mask[rows])
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    b, t, _ = x.shape
+    return x.view(b, t, heads, -1).transpose(1, 2)
+
+
+def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    """One BERT layer for query rows `h` given all keys/values and a (batch, 1, rows, keys) bool mask."""
+    sa = layer.attention.self
+    q = _heads(sa.query(h), sa.num_attention_heads)
+    p = sa.dropout.p if sa.training else 0.0
+    ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
+    ctx = ctx.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
+    a = layer.attention.output(ctx, h)
+    return layer.output(layer.intermediate(a), a)
+
+
+def _kv(layer: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
+    sa = layer.attention.self
+    return _heads(sa.key(h), sa.num_attention_heads), _heads(sa.value(h), sa.num_attention_heads)
+
+
+class DeerModel(nn.Module):
+    """A BERT-family encoder (``BertModel``/``RobertaModel``/``XLMRobertaModel``) fine-tuned as DEER.
+
+    Args:
+        encoder: the pretrained encoder (no task head).
+        config: ``DeerConfig`` (special token ids, slots, output vocabulary).
+    """
+
+    def __init__(self, encoder: nn.Module, config: DeerConfig) -> None:
+        super().__init__()
+        model_type = getattr(getattr(encoder, "config", None), "model_type", None)
+        if model_type not in BACKBONES or not hasattr(encoder, "encoder"):
+            fail("encoder", f"a BertModel, RobertaModel or XLMRobertaModel (model_type in {BACKBONES})",
+                 f"{type(encoder).__name__} (model_type={model_type!r})")
+        if config.alpha < 1:
+            fail("config.alpha", "at least 1 target slot per source token", config.alpha)
+        if config.slots not in ("unk", "copy"):
+            fail("config.slots", "'unk' or 'copy'", repr(config.slots))
+        if config.max_placeholders < 2:
+            fail("config.max_placeholders", "at least 2 classes", config.max_placeholders)
+        self.encoder = encoder
+        self.config = config
+        enc = encoder.config
+        vocab_size, hidden = enc.vocab_size, enc.hidden_size
+        # RoBERTa-style position tables start after the padding index.
+        self.position_offset = enc.pad_token_id + 1 if model_type != "bert" else 0
+        self.max_positions = enc.max_position_embeddings - self.position_offset
+        self.target_type = 1 if getattr(enc, "type_vocab_size", 1) > 1 else 0
+        vocab = sorted(set(int(t) for t in config.vocab)) if config.vocab else list(range(vocab_size))
+        special = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+        vocab = [t for t in vocab if t not in special]
+        if config.unk_id not in vocab:
+            vocab.append(config.unk_id)
+        if any(t < 0 or t >= vocab_size for t in vocab):
+            fail("config.vocab", f"token ids in [0, {vocab_size})", f"min {min(vocab)}, max {max(vocab)}")
+        out_to_token = torch.tensor([config.pad_id] + sorted(vocab), dtype=torch.long)
+        token_to_out = torch.full((vocab_size,), out_to_token.tolist().index(config.unk_id), dtype=torch.long)
+        token_to_out[out_to_token[1:]] = torch.arange(1, len(out_to_token))
+        self.register_buffer("out_to_token", out_to_token, persistent=False)
+        self.register_buffer("token_to_out", token_to_out, persistent=False)
+        self.transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
+                                       nn.LayerNorm(hidden, eps=enc.layer_norm_eps))
+        self.blank = nn.Parameter(torch.randn(1, hidden) * enc.initializer_range)
+        self.output_bias = nn.Parameter(torch.zeros(len(out_to_token)))
+        self.delete_head = nn.Linear(hidden, 2)
+        self.placeholder_head = nn.Linear(2 * hidden, config.max_placeholders)
+        for head in (self.transform[0], self.delete_head, self.placeholder_head):
+            nn.init.normal_(head.weight, std=enc.initializer_range)
+            nn.init.zeros_(head.bias)
+
+    # ------------------------------------------------------------ sizes and inputs
+    @property
+    def num_classes(self) -> int:
+        """Output classes: the CTC blank (index 0) and the output vocabulary."""
+        return len(self.out_to_token)
+
+    def num_slots(self, source_lengths: Tensor) -> Tensor:
+        """Target slots per source: alpha x source length, capped by the position table."""
+        return (source_lengths.float() * self.config.alpha).long().clamp(max=self.max_positions)
+
+    def check_sources(self, sources: Tensor, name: str = "sources") -> Tensor:
+        """(batch,) source lengths; rows must hold at least [bos] x [eos] and fit the position table."""
+        if not isinstance(sources, Tensor) or sources.dim() != 2 or sources.dtype.is_floating_point:
+            fail(name, "a (batch, length) integer tensor of token ids",
+                 type(sources).__name__ if not isinstance(sources, Tensor) else f"{sources.dtype} {tuple(sources.shape)}")
+        lengths = sources.ne(self.config.pad_id).sum(1)
+        if sources.shape[0] == 0:
+            fail(name, "at least one source", "an empty batch")
+        if bool((lengths <= 2).any()):
+            fail(name, "non-empty sources (a token besides [bos] and [eos])",
+                 f"an empty source in row {int((lengths <= 2).nonzero()[0])}")
+        if int(lengths.max()) > self.max_positions:
+            fail(name, f"sources of at most {self.max_positions} tokens (the position table)",
+                 f"{int(lengths.max())} tokens")
+        return lengths
+
+    def ctc_slots(self, sources: Tensor, source_lengths: Tensor) -> Tensor:
+        """The CTC generator's target input: [bos] + slots + [eos] per row, padded."""
+        n = self.num_slots(source_lengths)
+        width = int(n.max())
+        pos = torch.arange(width, device=sources.device)[None]
+        c = self.config
+        if c.slots == "unk":
+            fill = torch.full_like(pos, c.unk_id).expand(len(n), width)
+        else:
+            # Upsample the source content (without its [bos]/[eos]) uniformly over the inner slots.
+            content = (source_lengths - 2).clamp(min=1)[:, None]
+            index = 1 + (pos - 1).clamp(min=0) * content // (n[:, None] - 2).clamp(min=1)
+            fill = sources.gather(1, index.clamp(max=sources.shape[1] - 1))
+        slots = torch.where(pos == 0, c.bos_id, torch.where(pos == n[:, None] - 1, c.eos_id, fill))
+        return torch.where(pos < n[:, None], slots, c.pad_id)
+
+    def _embed(self, ids: Tensor, token_type: int) -> Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)[None].expand_as(ids) + self.position_offset
+        types = torch.full_like(ids, token_type)
+        return self.encoder.embeddings(input_ids=ids, token_type_ids=types, position_ids=positions)
+
+    # ------------------------------------------------------------ encoder passes
+    def encode_source(self, sources: Tensor) -> SourceCache:
+        """Run the source rows (which see only the source) and keep each layer's keys and values."""
+        self.check_sources(sources)
+        valid = sources.ne(self.config.pad_id)
+        mask = valid[:, None, None, :]
+        h = self._embed(sources, 0)
+        keys, values = [], []
+        for layer in self.encoder.encoder.layer:
+            k, v = _kv(layer, h)
+            keys.append(k)
+            values.append(v)
+            h = _layer(layer, h, k, v, mask)
+        return SourceCache(keys, values, valid)
+
+    def decode_target(self, cache: SourceCache, targets: Tensor) -> Tensor:
+        """Target hidden states (batch, T, hidden): target rows see the cached source and the target."""
+        if targets.dim() != 2 or targets.shape[0] != cache.mask.shape[0]:
+            fail("targets", f"a (batch={cache.mask.shape[0]}, length) tensor", tuple(targets.shape))
+        if targets.shape[1] > self.max_positions:
+            fail("targets", f"at most {self.max_positions} tokens (the position table)", targets.shape[1])
+        valid = torch.cat([cache.mask, targets.ne(self.config.pad_id)], 1)
+        mask = valid[:, None, None, :]
+        h = self._embed(targets, self.target_type)
+        for layer, sk, sv in zip(self.encoder.encoder.layer, cache.keys, cache.values):
+            k, v = _kv(layer, h)
+            h = _layer(layer, h, torch.cat([sk, k], 2), torch.cat([sv, v], 2), mask)
+        return h
+
+    def joint_attention_mask(self, sources: Tensor, targets: Tensor) -> Tensor:
+        """(batch, S+T, S+T) bool: source rows see the source, target rows see everything; no padding keys."""
+        S, T = sources.shape[1], targets.shape[1]
+        valid = torch.cat([sources.ne(self.config.pad_id), targets.ne(self.config.pad_id)], 1)
+        rows = torch.arange(S + T, device=sources.device)[:, None] < S
+        cols = torch.arange(S + T, device=sources.device)[None, :] < S
+        allowed = ~rows | cols                     # a source row sees only source columns
+        return allowed[None] & valid[:, None, :]
+
+    def joint_forward(self, sources: Tensor, targets: Tensor) -> Tensor:
+        """One pass over [source; target] with ``joint_attention_mask``; returns the target rows' states."""
+        self.check_sources(sources)
+        mask = self.joint_attention_mask(sources, targets)[:, None]
+        h = torch.cat([self._embed(sources, 0), self._embed(targets, self.target_type)], 1)
+        for layer in self.encoder.encoder.layer:
+            k, v = _kv(layer, h)
+            h = _layer(layer, h, k, v, mask)
+        return h[:, sources.shape[1]:]
+
+    # ------------------------------------------------------------ heads
+    def output_matrix(self) -> Tensor:
+        """(classes, hidden): the blank row, then the tied word embeddings of the output vocabulary."""
+        words = self.encoder.embeddings.word_embeddings.weight
+        return torch.cat([self.blank, words[self.out_to_token[1:]]], 0)
+
+    def vocab_logits(self, h: Tensor) -> Tensor:
+        """(batch, T, classes) logits over blank + output vocabulary."""
+        return F.linear(self.transform(h), self.output_matrix(), self.output_bias)
+
+    def insertion_logits(self, h: Tensor) -> Tensor:
+        """Vocabulary logits with the blank excluded (-inf)."""
+        logits = self.vocab_logits(h)
+        return torch.cat([torch.full_like(logits[..., :1], float("-inf")), logits[..., 1:]], -1)
+
+    def placeholder_logits(self, h: Tensor) -> Tensor:
+        """(batch, T-1, max_placeholders): how many tokens to insert between tokens t and t+1."""
+        return self.placeholder_head(torch.cat([h[:, :-1], h[:, 1:]], -1))
+
+    def deletion_logits(self, h: Tensor) -> Tensor:
+        """(batch, T, 2): keep (0) or delete (1)."""
+        return self.delete_head(h)
+
+    # ------------------------------------------------------------ token spaces
+    def to_output(self, tokens: Tensor) -> Tensor:
+        """Token ids -> output classes (tokens outside the output vocabulary become unk)."""
+        return self.token_to_out[tokens]
+
+    def to_tokens(self, classes: Tensor) -> Tensor:
+        """Output classes -> token ids (the blank becomes padding)."""
+        return self.out_to_token[classes]
+
+    def restricted_vocab(self) -> Sequence[int]:
+        return self.out_to_token[1:].tolist()

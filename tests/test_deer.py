@@ -1,0 +1,252 @@
+"""DEER on a tiny random BERT: masks, CTC input, glancing, editor labels, generate, checkpoints, bad input."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import transformers
+
+from pyprune.deer import Deer, DeerObjective
+from pyprune.deer.baseline import AutoregressiveBaseline, train_baseline
+from pyprune.deer.generate import generate_ids, pad_rows
+from pyprune.deer.losses import content, glance, random_deletion
+from pyprune.deer.train import TrainConfig, encode_pairs, target_vocabulary, train
+from pyprune.ops import apply_ins_words, get_ins_targets
+
+SOURCES = ["el perro come pan", "la casa es grande y bonita", "dios es amor"]
+TARGETS = ["the dog eats bread", "the house is big and pretty", "god is love"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    words = sorted({w for s in SOURCES + TARGETS for w in s.split()} | {"extra", "word"})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
+    tokenizer = transformers.BertTokenizerFast(vocab=vocab)
+    assert tokenizer.unk_token_id not in tokenizer(TARGETS)["input_ids"][0]
+    return tokenizer
+
+
+def make(tokenizer, prune=True, seed=0, max_positions=40, **config) -> Deer:
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=128, max_position_embeddings=max_positions,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    encoder = transformers.BertModel(cfg, add_pooling_layer=False)
+    deer = Deer.from_encoder(encoder, tokenizer, vocab=target_vocabulary(tokenizer, TARGETS), prune=prune, **config)
+    deer.model.eval()
+    return deer
+
+
+def batch(deer):
+    pad = deer.model.config.pad_id
+    return pad_rows(deer.encode(SOURCES), pad), pad_rows(deer.encode(TARGETS, name="targets"), pad)
+
+
+def test_joint_attention_mask_blocks_source_from_target(tokenizer):
+    deer = make(tokenizer)
+    sources, targets = batch(deer)
+    mask = deer.model.joint_attention_mask(sources, targets)
+    S, T = sources.shape[1], targets.shape[1]
+    assert mask.shape == (3, S + T, S + T)
+    valid = torch.cat([sources.ne(0), targets.ne(0)], 1)
+    assert not mask[:, :S, S:].any()                                   # source rows never see the target
+    assert torch.equal(mask[:, S:, :], valid[:, None, :].expand(3, T, S + T))   # target rows see all but padding
+    assert torch.equal(mask[:, :S, :S], valid[:, None, :S].expand(3, S, S))
+
+
+def test_cached_source_decoding_equals_the_joint_pass(tokenizer):
+    deer = make(tokenizer)
+    model = deer.model
+    sources, targets = batch(deer)
+    joint = model.joint_forward(sources, targets)
+    cached = model.decode_target(model.encode_source(sources), targets)
+    valid = targets.ne(0)
+    torch.testing.assert_close(cached[valid], joint[valid], atol=1e-5, rtol=1e-5)
+    # Extra source padding and a different target change nothing for the other rows.
+    wider = torch.nn.functional.pad(sources, (0, 3))
+    torch.testing.assert_close(model.decode_target(model.encode_source(wider), targets)[valid], cached[valid],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_ctc_slots(tokenizer):
+    for slots in ("unk", "copy"):
+        deer = make(tokenizer, slots=slots, max_positions=12)
+        model, c = deer.model, deer.model.config
+        sources, _ = batch(deer)
+        lengths = sources.ne(0).sum(1)
+        n = model.num_slots(lengths)
+        assert n.tolist() == [min(2 * int(x), 12) for x in lengths]       # alpha=2, capped by positions
+        built = model.ctc_slots(sources, lengths)
+        for row in range(3):
+            k = int(n[row])
+            assert built[row, 0] == c.bos_id and built[row, k - 1] == c.eos_id and built[row, k:].eq(0).all()
+            inner = built[row, 1:k - 1]
+            if slots == "unk":
+                assert inner.eq(c.unk_id).all()
+            else:                                                      # the source, upsampled in order
+                content_ids = sources[row, 1:int(lengths[row]) - 1].tolist()
+                positions = [content_ids.index(t) for t in inner.tolist()]
+                assert positions == sorted(positions) and set(positions) <= set(range(len(content_ids)))
+
+
+def test_targets_as_ctc_labels(tokenizer):
+    deer = make(tokenizer)
+    _, targets = batch(deer)
+    labels, lengths = content(targets, deer.model)
+    for row in range(3):
+        ids = [t for t in targets[row].tolist() if t not in (0, 2, 3)]
+        assert lengths[row] == len(ids)
+        assert deer.model.to_tokens(labels[row, :len(ids)]).tolist() == ids
+
+
+def test_glancing_reveals_aligned_tokens(tokenizer):
+    deer = make(tokenizer)
+    model = deer.model
+    sources, targets = batch(deer)
+    lengths = sources.ne(0).sum(1)
+    n, slots = model.num_slots(lengths), model.ctc_slots(sources, lengths)
+    labels, label_lengths = content(targets, model)
+    logits = torch.randn(3, slots.shape[1], model.num_classes, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(glance(model, logits, slots, n, labels, label_lengths, 0.0), slots)
+    full = glance(model, logits, slots, n, labels, label_lengths, 1.0)
+    half = glance(model, logits, slots, n, labels, label_lengths, 0.5, torch.Generator().manual_seed(1))
+    changed_full, changed_half = (full != slots).sum(1), (half != slots).sum(1)
+    assert (changed_half <= changed_full).all() and changed_full.sum() > 0
+    for row in range(3):                     # revealed tokens, in order, spell the reference (a CTC path)
+        revealed = full[row][full[row] != slots[row]].tolist()
+        reference = model.to_tokens(labels[row, :int(label_lengths[row])]).tolist()
+        merged = [t for i, t in enumerate(revealed) if i == 0 or t != revealed[i - 1]]
+        assert all(t in reference for t in merged)
+
+
+def test_editor_labels_rebuild_the_reference(tokenizer):
+    deer = make(tokenizer)
+    c = deer.model.config
+    _, targets = batch(deer)
+    deleted = random_deletion(targets, deer.model, torch.Generator().manual_seed(3))
+    assert deleted[:, 0].eq(c.bos_id).all()
+    masked, masked_tokens, counts = get_ins_targets(deleted, targets, c.pad_id, c.mask_id)
+    assert counts.sum() == masked.sum()                     # one placeholder per missing token
+    rebuilt, _ = apply_ins_words(masked_tokens, None, targets, None, c.mask_id)
+    assert torch.equal(rebuilt, targets)
+
+
+def test_objective_has_every_term_and_reaches_every_part(tokenizer):
+    deer = make(tokenizer)
+    objective = DeerObjective(deer.model, deer.pruning)
+    deer.model.train()
+    losses = objective(*batch(deer), glance_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    assert set(losses) == {"ctc", "placeholder", "insertion", "deletion", "regularizer", "loss"}
+    assert all(math.isfinite(float(v)) for v in losses.values())
+    losses["loss"].backward()
+    m = deer.model
+    for p in (m.blank, m.output_bias, m.delete_head.weight, m.placeholder_head.weight,
+              m.encoder.embeddings.word_embeddings.weight, deer.pruning.attention_scores[0], deer.pruning.ffn_scores[0]):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def _trained(tokenizer, tmp_path, steps=120, **kw):
+    deer = make(tokenizer)
+    pairs = encode_pairs(deer, list(zip(SOURCES, TARGETS)))
+    config = TrainConfig(steps=steps, batch_size=3, lr=1e-3, head_lr=3e-3, checkpoint_every=1000, **kw)
+    summary = train(deer, pairs, str(tmp_path / "run"), config, progress=False)
+    return deer, pairs, summary
+
+
+def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
+    deer, pairs, summary = _trained(tokenizer, tmp_path)
+    assert summary["step"] == 120
+    outputs = {}
+    for keep in deer.keep_ratios:
+        for max_iter in (0, 1, 2):
+            for adaptive in (True, False):
+                out = deer.generate(SOURCES, max_iter=max_iter, adaptive=adaptive, keep=keep, batch_size=2)
+                assert len(out) == 3 and all(isinstance(s, str) for s in out)
+                outputs[keep, max_iter, adaptive] = out
+    # Learned from three pairs in 120 steps: CTC alone already writes much of the references
+    # (an untrained model writes nothing or noise).
+    from collections import Counter
+    matched = sum(sum((Counter(out.split()) & Counter(ref.split())).values())
+                  for out, ref in zip(outputs[1.0, 0, True], TARGETS))
+    assert matched >= 0.4 * sum(len(t.split()) for t in TARGETS)
+    # Batching does not change results.
+    one = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=2, batch_size=1)
+    three = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=2, batch_size=3)
+    assert one == three
+    assert deer.generate([], max_iter=1) == []
+    # Smaller keep ratios are smaller models.
+    from pyprune.pruning import count_parameters
+    sizes = [count_parameters(deer.sub_network(k), live=True) for k in deer.keep_ratios]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]
+
+
+def test_checkpoint_resume_continues_exactly(tokenizer, tmp_path):
+    straight, _, _ = _trained(tokenizer, tmp_path / "a", steps=6)
+    deer = make(tokenizer)
+    pairs = encode_pairs(deer, list(zip(SOURCES, TARGETS)))
+    config = TrainConfig(steps=6, batch_size=3, lr=1e-3, head_lr=3e-3, checkpoint_every=1000, time_limit=0.0)
+    run = str(tmp_path / "b")
+    assert train(deer, pairs, run, config, progress=False)["step"] == 1           # interrupted after one step
+    resumed, state = Deer.load(run)
+    assert state["step"] == 1
+    config.time_limit = None
+    train(resumed, pairs, run, config, resume=state, progress=False)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    for a, b in zip(straight.pruning.state_dict().values(), resumed.pruning.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    again, _ = Deer.load(run)
+    assert again.generate(SOURCES, max_iter=1) == resumed.generate(SOURCES, max_iter=1)
+
+
+def test_bad_inputs_raise_clear_errors(tokenizer, tmp_path):
+    deer = make(tokenizer, max_positions=12)
+    with pytest.raises(ValueError, match="empty source"):
+        deer.generate(["dios", ""])
+    with pytest.raises(ValueError, match="position table"):
+        deer.generate([" ".join(["amor"] * 20)])
+    with pytest.raises(ValueError, match="keep"):
+        deer.generate(SOURCES, keep=0.6)
+    with pytest.raises(ValueError, match="max_iter"):
+        deer.generate(SOURCES, max_iter=-1)
+    with pytest.raises(ValueError, match="sources"):
+        deer.generate("a string, not a list")
+    with pytest.raises(ValueError, match="keep"):
+        make(tokenizer, prune=False).generate(SOURCES, keep=0.5)
+    with pytest.raises(ValueError, match="checkpoint"):
+        Deer.load(str(tmp_path))
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    torch.save({"format": "something-else"}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="format"):
+        Deer.load(str(tmp_path))
+    with pytest.raises(ValueError, match="config"):
+        make(tokenizer, alpha=2, not_a_field=1)
+
+
+def test_autoregressive_baseline_cache_matches_full_recompute(tokenizer):
+    deer = make(tokenizer)
+    torch.manual_seed(0)
+    c = deer.model.config
+    cfg = deer.model.encoder.config
+    model = AutoregressiveBaseline(transformers.BertModel(cfg, add_pooling_layer=False), deer.model.restricted_vocab(),
+                                   c.pad_id, c.bos_id, c.eos_id, layers=2, max_length=30)
+    pairs = encode_pairs(deer, list(zip(SOURCES, TARGETS)))
+    summary = train_baseline(model, pairs, steps=60, batch_size=3, lr=1e-3, head_lr=3e-3, progress=False)
+    assert summary["loss"] < 2.0
+    cached = model.generate_ids([s for s, _ in pairs], batch_size=3, max_length=12)
+    # Reference: greedy decoding that re-runs the whole prefix through the teacher-forced path each step.
+    with torch.no_grad():
+        for (source, _), got in zip(pairs, cached):
+            prefix = [c.bos_id]
+            kv, mask = model._memory(torch.tensor([source]))
+            for _ in range(min(12, 2 * len(source) + 10)):
+                h = model._embed(torch.tensor([prefix]))
+                for block, memory_kv in zip(model.blocks, kv):
+                    h = block(h, memory_kv, mask)
+                token = int(model.out_to_token[model._logits(h)[0, -1].argmax()])
+                if token == c.eos_id:
+                    break
+                prefix.append(token)
+            assert prefix[1:] == got
