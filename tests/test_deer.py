@@ -176,6 +176,14 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     three = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=2, batch_size=3)
     assert one == three
     assert deer.generate([], max_iter=1) == []
+    # The evaluation table: every keep x iterations row, real BLEU against the references.
+    from pyprune.deer.evaluate import bleu, evaluate, format_table
+    result = evaluate(deer, list(zip(SOURCES, TARGETS)), keeps=(1.0, 0.5), iterations=(0, 1),
+                      latency_sentences=2, progress=False)
+    assert [(r["keep"], r["iterations"]) for r in result["rows"]] == [(1.0, 0), (1.0, 1), (0.5, 0), (0.5, 1)]
+    assert result["rows"][0]["bleu"] == pytest.approx(bleu(outputs[1.0, 0, True], TARGETS))
+    assert all(r["ms_batch1"] > 0 and r["ms_batch32"] > 0 for r in result["rows"])
+    assert format_table(result).count("| DEER |") == 4
     # Smaller keep ratios are smaller models.
     from pyprune.pruning import count_parameters
     sizes = [count_parameters(deer.sub_network(k), live=True) for k in deer.keep_ratios]
@@ -250,3 +258,28 @@ def test_autoregressive_baseline_cache_matches_full_recompute(tokenizer):
                     break
                 prefix.append(token)
             assert prefix[1:] == got
+
+
+def _ddp_worker(rank, world, init, out, tokenizer):
+    import torch.distributed as dist
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        deer = make(tokenizer)
+        pairs = encode_pairs(deer, list(zip(SOURCES, TARGETS)) * 2)
+        train(deer, pairs, str(out), TrainConfig(steps=3, batch_size=3, lr=1e-3, checkpoint_every=1000),
+              progress=False)
+        torch.save({k: v.clone() for k, v in deer.model.state_dict().items()}, str(out / f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_training_keeps_ranks_in_step(tokenizer, tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path}/rendezvous", tmp_path, tokenizer), nprocs=2)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    start = make(tokenizer).model.state_dict()
+    assert any(not torch.equal(start[k], a[k]) for k in a)              # it trained
+    for k in a:                                                            # both ranks hold the same weights
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert (tmp_path / "checkpoint.pt").is_file()                         # rank 0 wrote the checkpoint
