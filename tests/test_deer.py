@@ -184,6 +184,10 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     assert result["rows"][0]["bleu"] == pytest.approx(bleu(outputs[1.0, 0, True], TARGETS))
     assert all(r["ms_batch1"] > 0 and r["ms_batch32"] > 0 for r in result["rows"])
     assert format_table(result).count("| DEER |") == 4
+    pytest.importorskip("matplotlib")
+    from pyprune.deer.evaluate import plot
+    assert plot(result, str(tmp_path / "results.png"))
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Smaller keep ratios are smaller models.
     from pyprune.pruning import count_parameters
     sizes = [count_parameters(deer.sub_network(k), live=True) for k in deer.keep_ratios]
