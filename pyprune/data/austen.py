@@ -10,13 +10,12 @@ runs, the ninth goes to valid and the tenth to test.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import tempfile
 from typing import Optional
 
 from ..io import atomic_write_text
 from ..models import cache_dir
+from .debian import unpack_deb
 from .rserialize import read_lazyload
 
 PACKAGE = "r-cran-janeaustenr"
@@ -55,13 +54,7 @@ def prepare_austen(cache: Optional[str] = None, deb: Optional[str] = None) -> st
     if all(os.path.isfile(os.path.join(target, f"{s}.txt")) for s in SPLITS):
         return target
     with tempfile.TemporaryDirectory() as work:
-        if deb is None:
-            if shutil.which("apt-get") is None:
-                raise FileNotFoundError(f"apt-get is needed to fetch {PACKAGE} (or pass deb= a downloaded .deb)")
-            subprocess.run(["apt-get", "download", PACKAGE], cwd=work, check=True, capture_output=True)
-            deb = next(os.path.join(work, f) for f in os.listdir(work) if f.endswith(".deb"))
-        subprocess.run(["dpkg-deb", "-x", deb, os.path.join(work, "x")], check=True)
-        books = read_lazyload(os.path.join(work, "x", DATASET))
+        books = read_lazyload(os.path.join(unpack_deb(PACKAGE, work, deb), DATASET))
     texts = {s: [] for s in SPLITS}
     for book in BOOKS:
         for i, paragraph in enumerate(paragraphs(books[book])):

@@ -21,14 +21,13 @@ import html
 import json
 import os
 import re
-import shutil
 import struct
-import subprocess
 import tempfile
 import zlib
 from typing import Iterable, Optional
 
 from ..io import atomic_write_text
+from .debian import unpack_deb
 
 SPLITS = ("train", "valid", "test")
 BIBLE = {"en": ("sword-text-kjv", "engKJV2006eb"), "es": ("sword-text-sparv", "spaRV1909eb")}
@@ -81,18 +80,6 @@ def split_of(index: int, run: int = 10) -> str:
     the 20th test (5% each)."""
     slot = (index // run) % 20
     return "valid" if slot == 18 else "test" if slot == 19 else "train"
-
-
-def _fetch(package: str, work: str, deb: Optional[str] = None) -> str:
-    """Unpack a Debian package (downloaded with apt-get unless `deb` is a local .deb); returns the root."""
-    if deb is None:
-        if shutil.which("apt-get") is None:
-            raise FileNotFoundError(f"apt-get is needed to fetch {package} (or pass a downloaded .deb)")
-        subprocess.run(["apt-get", "download", package], cwd=work, check=True, capture_output=True)
-        deb = next(os.path.join(work, f) for f in os.listdir(work) if f.startswith(package) and f.endswith(".deb"))
-    root = os.path.join(work, package)
-    subprocess.run(["dpkg-deb", "-x", deb, root], check=True)
-    return root
 
 
 # ---------------------------------------------------------------- SWORD zText
@@ -150,7 +137,7 @@ def prepare_bible(out: str, debs: Optional[dict] = None) -> str:
     with tempfile.TemporaryDirectory() as work:
         dirs = {}
         for lang, (package, module) in BIBLE.items():
-            root = _fetch(package, work, (debs or {}).get(lang))
+            root = unpack_deb(package, work, (debs or {}).get(lang))
             dirs[lang] = os.path.join(root, "usr/share/sword/modules/texts/ztext", module.lower())
             if not os.path.isdir(dirs[lang]):
                 dirs[lang] = os.path.join(root, "usr/share/sword/modules/texts/ztext", module)
@@ -200,7 +187,7 @@ def prepare_ding(out: str, deb: Optional[str] = None) -> str:
         return out
     package, member = DING
     with tempfile.TemporaryDirectory() as work:
-        root = _fetch(package, work, deb)
+        root = unpack_deb(package, work, deb)
         with open(os.path.join(root, member), encoding="utf-8", errors="replace") as file:
             pairs = ding_pairs(file)
     _write_splits(out, pairs)

@@ -72,7 +72,7 @@ class Deer:
             if keep != 1.0:
                 fail("keep", "1.0 (this model was trained without pruning)", keep)
             return self.model.eval()
-        keep = self.pruning._ratio(keep)
+        keep = self.pruning.keep_ratio(keep)
         if keep not in self._subnetworks:
             with torch.no_grad():
                 if keep == 1.0:

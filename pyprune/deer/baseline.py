@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._validation import fail
-from .generate import pad_rows
+from .generate import pad_rows, sorted_batches
 
 
 class _Attention(nn.Module):
@@ -123,11 +123,8 @@ class AutoregressiveBaseline(nn.Module):
             return []
         self.eval()
         device = self.output_bias.device
-        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         results: list = [None] * len(sources)
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            batch = pad_rows([sources[i] for i in index], self.pad_id).to(device)
+        for index, batch in sorted_batches(sources, batch_size, self.pad_id, device):
             limit = min(max_length or self.max_length, self.max_length, 2 * batch.shape[1] + 10)
             kv, mask = self._memory(batch)
             caches = [[] for _ in self.blocks]
@@ -162,13 +159,9 @@ def train_baseline(model: AutoregressiveBaseline, pairs: Sequence[tuple[list[int
     import time
     if not pairs:
         fail("pairs", "at least one (source, target) pair", "none")
-    encoder = {id(p) for p in model.encoder.parameters()}
-    optimizer = torch.optim.AdamW([
-        {"params": list(model.encoder.parameters()), "lr": lr},
-        {"params": [p for p in model.parameters() if id(p) not in encoder], "lr": head_lr}], betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, 1 - (s - warmup) / max(1, steps - warmup)))
+    from .train import encoder_optimizer, warmup_linear_decay
+    optimizer = encoder_optimizer(model, lr, head_lr, weight_decay=0.01)    # AdamW's default, as before
+    schedule = warmup_linear_decay(optimizer, steps, steps // 20)
     rng = random.Random(seed)
     model.train()
     started, loss = time.perf_counter(), math.nan

@@ -18,14 +18,10 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=True).score)
 
 
-def _ms_per_sentence(run, sources, batch_size: int, repeats: int = 1) -> float:
-    run(sources[:batch_size], batch_size)                 # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(sources, batch_size)
-        best = min(best, time.perf_counter() - start)
-    return 1000.0 * best / len(sources)
+def _ms_per_sentence(run, sources, batch_size: int, device: str) -> float:
+    from ..benchmarks.common import median_ms
+    run(sources[:batch_size], batch_size)                 # warm-up on one batch (not the whole set)
+    return median_ms(lambda: run(sources, batch_size), device, warmup=0, repeats=1) / len(sources)
 
 
 def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
@@ -37,6 +33,7 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
     references = [t for _, t in pairs]
     timed = sources[:latency_sentences]
     rows = []
+    device = deer.model.output_bias.device.type
     configs = [(k, i) for k in keeps for i in iterations]
     for keep, iters in tqdm(configs, desc="evaluating DEER", disable=not progress):
         model = deer.sub_network(keep)
@@ -46,7 +43,8 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
         hypotheses = deer.decode(run(sources, 32))
         rows.append({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True),
                      "bleu": bleu(hypotheses, references),
-                     "ms_batch1": _ms_per_sentence(run, timed, 1), "ms_batch32": _ms_per_sentence(run, sources, 32),
+                     "ms_batch1": _ms_per_sentence(run, timed, 1, device),
+                     "ms_batch32": _ms_per_sentence(run, sources, 32, device),
                      "example": hypotheses[0]})
     if baseline is not None:
         def run_ar(src, batch_size):
@@ -55,7 +53,8 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
         rows.append({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)",
                      "keep": 1.0, "iterations": None, "params": count_parameters(baseline),
                      "bleu": bleu(hypotheses, references),
-                     "ms_batch1": _ms_per_sentence(run_ar, timed, 1), "ms_batch32": _ms_per_sentence(run_ar, sources, 32),
+                     "ms_batch1": _ms_per_sentence(run_ar, timed, 1, device),
+                     "ms_batch32": _ms_per_sentence(run_ar, sources, 32, device),
                      "example": hypotheses[0]})
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
             "device": str(deer.model.output_bias.device), "sentences": len(pairs),

@@ -26,6 +26,14 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> Tensor:
     return out
 
 
+def sorted_batches(sources: Sequence[Sequence[int]], batch_size: int, pad_id: int, device):
+    """(row indices, padded batch) over `sources` in batches of similar length (shortest first)."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        yield index, pad_rows([sources[i] for i in index], pad_id).to(device)
+
+
 def _trim(tokens: Tensor, pad_id: int) -> Tensor:
     width = int(tokens.ne(pad_id).sum(1).max()) if tokens.numel() else 0
     return tokens[:, :width]
@@ -83,11 +91,8 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
     c = model.config
     model.eval()
     device = model.output_bias.device
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     results: list = [None] * len(sources)
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        batch = pad_rows([sources[i] for i in index], c.pad_id).to(device)
+    for index, batch in sorted_batches(sources, batch_size, c.pad_id, device):
         cache = model.encode_source(batch)
         tokens = ctc_draft(model, cache, batch)
         active = torch.arange(len(index), device=device)

@@ -65,7 +65,7 @@ def target_vocabulary(tokenizer, targets: Sequence[str]) -> list[int]:
     return sorted({t for row in ids for t in row})
 
 
-def _batches(data: list, batch_size: int, rng: random.Random) -> list[list[int]]:
+def _batches(data: Sequence, batch_size: int, rng: random.Random) -> list[list[int]]:
     """Index batches of similar source length (sorted pools of 50 batches), in random order."""
     order = list(range(len(data)))
     rng.shuffle(order)
@@ -88,23 +88,25 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _optimizer(deer: Deer, config: TrainConfig) -> torch.optim.Optimizer:
-    encoder = [p for p in deer.model.encoder.parameters() if p.requires_grad]
+def encoder_optimizer(model: torch.nn.Module, lr: float, head_lr: float, extra: Sequence[dict] = (),
+                      weight_decay: float = 0.0):
+    """AdamW (0.9, 0.98): `model.encoder` (pretrained) at `lr`, every other parameter of `model`
+    (new heads) at `head_lr`, then the `extra` groups."""
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
     own = {id(p) for p in encoder}
-    heads = [p for p in deer.model.parameters() if id(p) not in own]
-    groups = [{"params": encoder, "lr": config.lr}, {"params": heads, "lr": config.head_lr}]
-    if deer.pruning is not None:
-        groups.append({"params": list(deer.pruning.parameters()), "lr": config.score_lr})
-    return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=0.0)
+    heads = [p for p in model.parameters() if id(p) not in own]
+    groups = [{"params": encoder, "lr": lr}, {"params": heads, "lr": head_lr}, *extra]
+    return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=weight_decay)
 
 
-def _schedule(optimizer, config: TrainConfig):
-    warmup = max(1, int(config.warmup * config.steps))
+def warmup_linear_decay(optimizer, steps: int, warmup: int):
+    """Linear warm-up over `warmup` steps, then linear (power-1 polynomial) decay to 0 at `steps`."""
+    warmup = max(1, warmup)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, 1.0 - (step - warmup) / max(1, config.steps - warmup))    # polynomial decay, power 1
+        return max(0.0, 1.0 - (step - warmup) / max(1, steps - warmup))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -125,8 +127,9 @@ def train(deer: Deer, pairs: Sequence[tuple[list[int], list[int]]], out: str, co
     module = objective
     if world > 1:
         module = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
-    optimizer = _optimizer(deer, config)
-    schedule = _schedule(optimizer, config)
+    scores = [] if deer.pruning is None else [{"params": list(deer.pruning.parameters()), "lr": config.score_lr}]
+    optimizer = encoder_optimizer(deer.model, config.lr, config.head_lr, scores)
+    schedule = warmup_linear_decay(optimizer, config.steps, int(config.warmup * config.steps))
     step = 0
     rng = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed + 1000 * rank)
@@ -151,7 +154,7 @@ def train(deer: Deer, pairs: Sequence[tuple[list[int], list[int]]], out: str, co
     deer.model.train()
     while step < config.steps:
         if not batches:
-            batches = _batches(list(pairs), config.batch_size * world, rng)
+            batches = _batches(pairs, config.batch_size * world, rng)
         batch = batches.pop()
         if len(batch) < world:          # every rank skips it alike: no rank waits for the others
             continue

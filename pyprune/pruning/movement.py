@@ -225,7 +225,8 @@ class BlockMovementPruning(nn.Module):
         if self.steps % self.refresh_every == 0:
             self.refresh_thresholds()
 
-    def _ratio(self, keep: float) -> float:
+    def keep_ratio(self, keep: float) -> float:
+        """The trained keep ratio equal to `keep` (ValueError naming the ratios if none is)."""
         for ratio in self.keep_ratios:
             if isinstance(keep, (int, float)) and math.isclose(float(keep), ratio, abs_tol=1e-9):
                 return ratio
@@ -233,7 +234,7 @@ class BlockMovementPruning(nn.Module):
 
     def set_sparsity(self, keep: float) -> None:
         """Select the nested sub-network that keeps `keep` of each pool."""
-        self.keep = self._ratio(keep)
+        self.keep = self.keep_ratio(keep)
 
     def sample_sparsity(self, rng: Optional[random.Random] = None) -> float:
         """Pick a keep ratio uniformly at random (one per training step), select it, return it."""
@@ -242,7 +243,7 @@ class BlockMovementPruning(nn.Module):
         return keep
 
     def _threshold(self, which: int, keep: Optional[float] = None) -> Tensor:
-        row = self.keep_ratios.index(self.keep if keep is None else self._ratio(keep))
+        row = self.keep_ratios.index(self.keep if keep is None else self.keep_ratio(keep))
         return self.thresholds[row, which]
 
     def _mask(self, score: Tensor, which: int, keep: Optional[float]) -> Tensor:
@@ -305,7 +306,7 @@ class BlockMovementPruning(nn.Module):
         groups are removed); every other projection keeps its block mask and
         becomes a ``BlockSparseLinear``.
         """
-        keep = self.keep if keep is None else self._ratio(keep)
+        keep = self.keep if keep is None else self.keep_ratio(keep)
         plan = PrunePlan()
         masks = {path: self.attention_mask(i, keep).bool().cpu() for i, path in enumerate(self.attention_paths)}
         spec = model_spec(self.model)
