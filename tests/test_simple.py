@@ -140,8 +140,77 @@ def test_command_line_resumes(tmp_path):
     assert [r["method"] for r in result["rows"]][:3] == ["full model", "simple", "magnitude"]
     assert len(result["rows"]) == 1 + 4 * 2
     assert all(r["params"] < result["rows"][0]["params"] for r in result["rows"][1:])
+    # Every uniform export, loaded by plain transformers in a process without
+    # pyprune, scores the perplexity pyprune reported.
+    for row in result["rows"][1:]:
+        assert math.isclose(row["plain_perplexity"], row["perplexity"], rel_tol=1e-5)
+    assert open(os.path.join(out, "results.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     stamp = os.path.getmtime(os.path.join(out, "models", "simple-2", "config.json"))
     subprocess.run(args, check=True, env=env, capture_output=True)            # resumes: nothing retrained
     assert os.path.getmtime(os.path.join(out, "models", "simple-2", "config.json")) == stamp
     bad = subprocess.run(args[:-8] + ["--ratios", "0.5"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--ratios" in bad.stderr
+
+
+PAIRS = [("en el principio creó dios los cielos y la tierra.", "in the beginning god created the heaven and the earth."),
+         ("y la tierra estaba desordenada y vacía,", "and the earth was without form, and void;"),
+         ("y dijo dios: sea la luz: y fué la luz.", "and god said, let there be light: and there was light."),
+         ("y vió dios que la luz era buena", "and god saw the light, that it was good")] * 3
+
+
+def test_word_tokenizer_and_pair_rows():
+    from pyprune.simple import pair_rows
+    from pyprune.simple.seq2seq import word_tokenizer
+    tokenizer = word_tokenizer([t for pair in PAIRS for t in pair], min_count=2)
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == ["<s>", "<pad>", "</s>", "<unk>"]
+    assert tokenizer("God ZEBRA", add_special_tokens=False)["input_ids"] == [tokenizer.convert_tokens_to_ids("god"), 3]
+    rows = pair_rows(tokenizer, PAIRS[:2], max_length=6)
+    assert rows["input_ids"].shape == rows["attention_mask"].shape and rows["labels"].shape[1] == 6
+    first = tokenizer("in the beginning god", add_special_tokens=False)["input_ids"]
+    assert rows["labels"][0].tolist() == [0] + first + [2]                 # bos ... eos, cut to 6
+    short = 2 + len(tokenizer(PAIRS[1][0], add_special_tokens=False)["input_ids"][:4])
+    assert rows["attention_mask"][1].sum() == short and (rows["input_ids"][1, short:] == 1).all()
+    with pytest.raises(ValueError, match="pairs"):
+        pair_rows(tokenizer, [])
+
+
+def test_sequence_to_sequence_bart_through_every_stage(tmp_path):
+    # BART on (source, target) pairs: masks, every method's fine-tuning, perplexity over
+    # target tokens (= exp of the model's own loss), and the export scored by plain
+    # transformers in a process without pyprune.
+    from pyprune.pruning import save_pretrained
+    from pyprune.simple import pair_rows
+    from pyprune.simple.cli import plain_perplexity
+    from pyprune.simple.seq2seq import small_bart, train_teacher, word_tokenizer
+    tokenizer = word_tokenizer([t for pair in PAIRS for t in pair], min_count=1)
+    data = pair_rows(tokenizer, PAIRS)
+    teacher = train_teacher(small_bart(tokenizer, d_model=32, heads=4, ffn=64), data, steps=30, lr=3e-3,
+                            batch_size=4, progress=False)
+    with torch.no_grad():
+        loss = teacher(**data).loss
+    assert math.isclose(perplexity(teacher, data, batch_size=len(PAIRS)), math.exp(float(loss)), rel_tol=1e-5)
+    assert perplexity(teacher, data) < len(tokenizer) / 2                  # it learned something
+    scores = learn_masks(teacher, teacher, data, CONFIG)
+    assert scores.hidden is not None and scores.hidden.std() > 0
+    for method in ("simple", "magnitude", "random", "movement"):
+        used = scores if method == "simple" else baseline_importance(method, teacher, data, CONFIG)
+        small = finetune(teacher, teacher, used, 2.0, data, CONFIG)
+        assert model_spec(small).hidden.size == 16
+        assert math.isfinite(perplexity(small, data))
+    save_pretrained(small, str(tmp_path / "m"))
+    torch.save(data, tmp_path / "ids.pt")
+    assert math.isclose(plain_perplexity(str(tmp_path / "m"), str(tmp_path / "ids.pt")), perplexity(small, data),
+                        rel_tol=1e-5)
+
+
+def test_command_line_sequence_to_sequence_task(tmp_path):
+    out = str(tmp_path / "run")
+    args = [sys.executable, "-m", "pyprune.cli", "simple", "quick", "--task", "bible-es-en", "--out", out,
+            "--teacher-steps", "3", "--ratios", "2", "--methods", "simple", "random", "--mask-steps", "2",
+            "--finetune-steps", "1", "--eval-chunks", "4", "--threads", "1"]
+    subprocess.run(args, check=True, capture_output=True)
+    result = json.load(open(os.path.join(out, "results.json")))
+    assert result["task"] == "bible-es-en" and [r["method"] for r in result["rows"]] == ["full model", "simple",
+                                                                                         "random"]
+    assert all(math.isclose(r["plain_perplexity"], r["perplexity"], rel_tol=1e-5) for r in result["rows"][1:])
+    assert os.path.isfile(os.path.join(out, "teacher", "tokenizer.json"))

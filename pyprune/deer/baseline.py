@@ -159,7 +159,8 @@ def train_baseline(model: AutoregressiveBaseline, pairs: Sequence[tuple[list[int
     import time
     if not pairs:
         fail("pairs", "at least one (source, target) pair", "none")
-    from .train import encoder_optimizer, warmup_linear_decay
+    from ..optim import warmup_linear_decay
+    from .train import encoder_optimizer
     optimizer = encoder_optimizer(model, lr, head_lr, weight_decay=0.01)    # AdamW's default, as before
     schedule = warmup_linear_decay(optimizer, steps, steps // 20)
     rng = random.Random(seed)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .._validation import fail
+from ..optim import warmup_linear_decay
 from .api import Deer
 from .generate import pad_rows
 from .losses import DeerObjective, LossConfig, glance_ratio
@@ -97,17 +98,6 @@ def encoder_optimizer(model: torch.nn.Module, lr: float, head_lr: float, extra: 
     heads = [p for p in model.parameters() if id(p) not in own]
     groups = [{"params": encoder, "lr": lr}, {"params": heads, "lr": head_lr}, *extra]
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=weight_decay)
-
-
-def warmup_linear_decay(optimizer, steps: int, warmup: int):
-    """Linear warm-up over `warmup` steps, then linear (power-1 polynomial) decay to 0 at `steps`."""
-    warmup = max(1, warmup)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, 1.0 - (step - warmup) / max(1, steps - warmup))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def train(deer: Deer, pairs: Sequence[tuple[list[int], list[int]]], out: str, config: TrainConfig,

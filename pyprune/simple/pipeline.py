@@ -16,8 +16,9 @@ result is compacted (``pyprune.pruning.compact``).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +39,13 @@ class SimpleConfig:
     seq_len: int = 128
     batch_size: int = 4
     mask_steps: int = 200
-    # Adam moves each mask by about mask_lr per step, so the masks stay near 1
-    # (the model keeps working) while their ranking forms. L1 coefficients and
-    # the distillation weights below are the paper's (appendix A.3).
-    mask_lr: float = 5e-3
+    # Adam moves each mask by about mask_lr per step whatever its gradient's
+    # size. The masks must travel far from 1 within the budget: only then does
+    # the distillation loss push back on those that matter (a small first-order
+    # step ranks by sign consistency, and on SmolLM2 ranked its two outlier
+    # hidden dimensions near the bottom). L1 coefficients and the distillation
+    # weights below are the paper's (appendix A.3).
+    mask_lr: float = 0.1
     l1_heads: float = 2e-4
     l1_neurons: float = 5e-5
     l1_hidden: float = 1e-4
@@ -66,10 +70,77 @@ def lm_chunks(tokenizer, text: str, seq_len: int) -> Tensor:
     return torch.tensor(ids[:rows * seq_len], dtype=torch.long).reshape(rows, seq_len)
 
 
-def _batches(chunks: Tensor, batch_size: int, steps: int, seed: int):
+Data = Union[Tensor, dict]
+"""Training or test rows: a (n, seq_len) LongTensor of token ids (language modelling), or, for
+sequence-to-sequence models, a dict of row-aligned tensors ``input_ids``, ``attention_mask`` (n, S) and
+``labels`` (n, T), -100 on padding (``pair_rows`` builds it)."""
+
+
+def pair_rows(tokenizer, pairs, max_length: int = 64) -> dict:
+    """Tokenised (source, target) pairs as sequence-to-sequence ``Data``.
+
+    Each side is ``bos ... eos`` (cut to `max_length` tokens), padded with the
+    tokenizer's pad id; padded label positions are -100.
+    """
+    pairs = list(pairs)
+    if not pairs:
+        fail("pairs", "at least one (source, target) pair", 0)
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    if None in (bos, eos, pad):
+        fail("tokenizer", "bos, eos and pad tokens", (bos, eos, pad))
+
+    def encode(text: str) -> list[int]:
+        return [bos] + tokenizer(text, add_special_tokens=False)["input_ids"][:max_length - 2] + [eos]
+    sources = [encode(s) for s, _ in pairs]
+    targets = [encode(t) for _, t in pairs]
+    width_s, width_t = max(map(len, sources)), max(map(len, targets))
+    input_ids = torch.full((len(pairs), width_s), pad, dtype=torch.long)
+    labels = torch.full((len(pairs), width_t), -100, dtype=torch.long)
+    for i, (s, t) in enumerate(zip(sources, targets)):
+        input_ids[i, :len(s)] = torch.tensor(s)
+        labels[i, :len(t)] = torch.tensor(t)
+    return {"input_ids": input_ids, "attention_mask": (input_ids != pad).long(), "labels": labels}
+
+
+def _size(data: Data) -> int:
+    return len(data) if isinstance(data, Tensor) else len(data["input_ids"])
+
+
+def take(data: Data, index) -> Data:
+    """The rows `index` (a slice or index tensor) of `data`, in the same form."""
+    return data[index] if isinstance(data, Tensor) else {key: value[index] for key, value in data.items()}
+
+
+def scored_tokens(data: Data) -> int:
+    """How many tokens perplexity averages over: every next token, or every target token."""
+    return int(data[:, 1:].numel()) if isinstance(data, Tensor) else int((data["labels"] != -100).sum())
+
+
+def _rows(data: Data, index) -> dict:
+    """Model keyword arguments for the rows `index`."""
+    rows = take(data, index)
+    return {"input_ids": rows} if isinstance(rows, Tensor) else rows
+
+
+def _batches(data: Data, batch_size: int, steps: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        yield chunks[torch.randint(0, len(chunks), (batch_size,), generator=generator)]
+        yield _rows(data, torch.randint(0, _size(data), (batch_size,), generator=generator))
+
+
+def _scored(batch: dict) -> Optional[Tensor]:
+    """(batch, tokens) 0/1 of the output positions that count (None: all of them)."""
+    labels = batch.get("labels")
+    return None if labels is None else (labels != -100).long()
+
+
+def lm_loss(logits: Tensor, batch: dict, reduction: str = "mean") -> Tensor:
+    """Next-token cross-entropy: shifted input ids, or the labels of a sequence-to-sequence batch."""
+    if "labels" in batch:
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100,
+                               reduction=reduction)
+    ids = batch["input_ids"]
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction=reduction)
 
 
 def _check_teacher(teacher: Optional[nn.Module]) -> nn.Module:
@@ -78,7 +149,7 @@ def _check_teacher(teacher: Optional[nn.Module]) -> nn.Module:
     return teacher
 
 
-def learn_masks(model: nn.Module, teacher: nn.Module, chunks: Tensor, config: SimpleConfig) -> Importance:
+def learn_masks(model: nn.Module, teacher: nn.Module, chunks: Data, config: SimpleConfig) -> Importance:
     """Stage 1: train masks only (weights frozen) with distillation + L1; return |mask| as importance."""
     teacher = _check_teacher(teacher).eval()
     if teacher is model:
@@ -94,10 +165,10 @@ def learn_masks(model: nn.Module, teacher: nn.Module, chunks: Tensor, config: Si
             optimizer = torch.optim.Adam(masks.parameters(), lr=config.mask_lr)
             bar = tqdm(_batches(chunks, config.batch_size, config.mask_steps, config.seed),
                        total=config.mask_steps, desc="learning masks", disable=not config.progress)
-            for ids in bar:
+            for batch in bar:
                 with torch.no_grad():
-                    target = teacher(input_ids=ids).logits
-                loss = logits_distillation(model(input_ids=ids).logits, target, config.temperature)
+                    target = teacher(**batch).logits
+                loss = logits_distillation(model(**batch).logits, target, config.temperature, _scored(batch))
                 loss = loss + masks.l1_penalty(config.l1_heads, config.l1_neurons, config.l1_hidden)
                 optimizer.zero_grad()
                 loss.backward()
@@ -109,14 +180,14 @@ def learn_masks(model: nn.Module, teacher: nn.Module, chunks: Tensor, config: Si
             p.requires_grad_(True)
 
 
-def baseline_importance(method: str, model: nn.Module, chunks: Tensor, config: SimpleConfig) -> Importance:
+def baseline_importance(method: str, model: nn.Module, chunks: Data, config: SimpleConfig) -> Importance:
     if method == "magnitude":
         return importance.magnitude(model)
     if method == "random":
         return importance.random(model, seed=config.seed)
     if method == "movement":
-        def loss_fn(m, ids):
-            return F.cross_entropy(m(input_ids=ids).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        def loss_fn(m, batch):
+            return lm_loss(m(**batch).logits, batch)
         steps = max(1, config.mask_steps // 10)
         return importance.movement(model, _batches(chunks, config.batch_size, steps, config.seed), loss_fn)
     fail("method", f"one of {METHODS[1:]} (SIMPLE's own scores come from learn_masks)", repr(method))
@@ -142,7 +213,7 @@ def _hidden_states(output) -> tuple:
     return tuple(output.hidden_states)
 
 
-def finetune(model: nn.Module, teacher: nn.Module, scores: Importance, ratio: float, chunks: Tensor,
+def finetune(model: nn.Module, teacher: nn.Module, scores: Importance, ratio: float, chunks: Data,
              config: SimpleConfig) -> nn.Module:
     """Stage 2 for one ratio: progressive fixed masks, distillation, then compaction. `model` is not modified."""
     ratio = check_ratio(ratio)
@@ -156,14 +227,14 @@ def finetune(model: nn.Module, teacher: nn.Module, scores: Importance, ratio: fl
     with StructuredMasks(student) as masks:
         bar = tqdm(_batches(chunks, config.batch_size, config.finetune_steps, config.seed + 1),
                    total=config.finetune_steps, desc=f"fine-tuning r={ratio:g}", disable=not config.progress)
-        for step, ids in enumerate(bar):
+        for step, batch in enumerate(bar):
             plan = extract_fraction(spec, scores, schedule.keep(step), config.mode)
             masks.apply_plan(plan)
             with torch.no_grad(), KeyValueRecorder(teacher) as teacher_kv:
-                target = teacher(input_ids=ids, output_hidden_states=True)
+                target = teacher(**batch, output_hidden_states=True)
             with KeyValueRecorder(student) as student_kv:
-                out = student(input_ids=ids, output_hidden_states=True)
-            loss = logits_distillation(out.logits, target.logits, config.temperature)
+                out = student(**batch, output_hidden_states=True)
+            loss = logits_distillation(out.logits, target.logits, config.temperature, _scored(batch))
             if config.lambda_causal:
                 loss = loss + config.lambda_causal * causal_distillation(student_kv.records, teacher_kv.records,
                                                                          teacher, plan)
@@ -171,8 +242,7 @@ def finetune(model: nn.Module, teacher: nn.Module, scores: Importance, ratio: fl
                 loss = loss + config.lambda_hidden * hidden_distillation(_hidden_states(out), _hidden_states(target),
                                                                          plan.hidden)
             if config.lm_weight:
-                loss = loss + config.lm_weight * F.cross_entropy(out.logits[:, :-1].flatten(0, 1),
-                                                                 ids[:, 1:].flatten())
+                loss = loss + config.lm_weight * lm_loss(out.logits, batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -183,16 +253,15 @@ def finetune(model: nn.Module, teacher: nn.Module, scores: Importance, ratio: fl
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, chunks: Tensor, batch_size: int = 8, progress: bool = False) -> float:
-    """exp(mean next-token cross-entropy) over every row of `chunks`."""
+def perplexity(model: nn.Module, chunks: Data, batch_size: int = 8, progress: bool = False) -> float:
+    """exp(mean next-token cross-entropy) over every row of `chunks` (target tokens for seq2seq data)."""
     model.eval()
     total, count = 0.0, 0
-    for start in tqdm(range(0, len(chunks), batch_size), desc="perplexity", disable=not progress):
-        ids = chunks[start:start + batch_size]
-        logits = model(input_ids=ids).logits[:, :-1]
-        total += float(F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum"))
-        count += ids[:, 1:].numel()
-    return float(torch.exp(torch.tensor(total / count)))
+    for start in tqdm(range(0, _size(chunks), batch_size), desc="perplexity", disable=not progress):
+        batch = _rows(chunks, slice(start, start + batch_size))
+        total += float(lm_loss(model(**batch).logits, batch, reduction="sum"))
+        count += scored_tokens(take(chunks, slice(start, start + batch_size)))
+    return math.exp(total / count)
 
 
 @torch.no_grad()
