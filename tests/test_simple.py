@@ -99,6 +99,14 @@ def test_errors():
         learn_masks(model, None, chunks(), CONFIG)
     with pytest.raises(ValueError, match="method"):
         baseline_importance("simple", model, chunks(), CONFIG)
+    # Scores saved for another model (other sizes, other block names) never become a plan.
+    from pyprune.pruning import extract
+    other = baseline_importance("magnitude", tiny_model("gpt2", hidden=32), chunks(), CONFIG)
+    with pytest.raises(ValueError, match="importance.*another model"):
+        extract(model_spec(model), other, 2.0)
+    llama_scores = baseline_importance("magnitude", tiny_model("llama"), chunks(), CONFIG)
+    with pytest.raises(ValueError, match="importance.*another model"):
+        extract(model_spec(model), llama_scores, 2.0)
 
 
 def test_austen_split_helpers():
@@ -150,6 +158,14 @@ def test_command_line_resumes(tmp_path):
     assert os.path.getmtime(os.path.join(out, "models", "simple-2", "config.json")) == stamp
     bad = subprocess.run(args[:-8] + ["--ratios", "0.5"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--ratios" in bad.stderr
+    # Another model pointed at the same run directory is refused, not mixed with its stage outputs.
+    other = tiny_model("llama", hidden=32)
+    other.config.vocab_size = 97
+    other.save_pretrained(str(tmp_path / "other"))
+    tiny_tokenizer(str(tmp_path / "other"))
+    mixed = subprocess.run([a if a != model_dir else str(tmp_path / "other") for a in args], env=env,
+                           capture_output=True, text=True)
+    assert mixed.returncode != 0 and "--out" in mixed.stderr and "another task or model" in mixed.stderr
 
 
 PAIRS = [("en el principio creó dios los cielos y la tierra.", "in the beginning god created the heaven and the earth."),

@@ -105,6 +105,27 @@ def select_heads(scores: Tensor, num_kv_heads: int, target: int) -> Tensor:
     return heads.flatten().sort().values
 
 
+def check_importance(spec: ModelSpec, importance: Importance) -> None:
+    """Scores for every head, neuron and (when given) hidden dimension of `spec`'s model, or a clear error
+    (scores saved for another model must not be turned into a plan for this one)."""
+    def check(kind: str, name: str, scores: Optional[Tensor], size: int) -> None:
+        if scores is None:
+            fail("importance", f"{kind} scores for {name}", "none (scores of another model?)")
+        if tuple(scores.shape) != (size,):
+            fail("importance", f"{kind} scores of shape ({size},) for {name}",
+                 f"{tuple(scores.shape)} (scores of another model?)")
+    for attention in spec.attentions:
+        check("head", attention.name, importance.heads.get(attention.name), attention.num_heads)
+    for ffn in spec.ffns:
+        check("neuron", ffn.name, importance.neurons.get(ffn.name), ffn.size)
+    if importance.hidden is not None:
+        check("hidden-dimension", "the model", importance.hidden, spec.hidden.size)
+    extra = (set(importance.heads) - {a.name for a in spec.attentions}) | \
+        (set(importance.neurons) - {f.name for f in spec.ffns})
+    if extra:
+        fail("importance", "scores only for this model's blocks", f"also {sorted(extra)[:3]} (scores of another model?)")
+
+
 def extract(spec: ModelSpec, importance: Importance, ratio: float, mode: str = "uniform") -> PrunePlan:
     """The sub-network keeping 1/ratio of each component (see the module docstring)."""
     return extract_fraction(spec, importance, 1.0 / check_ratio(ratio), mode)
@@ -116,10 +137,8 @@ def extract_fraction(spec: ModelSpec, importance: Importance, keep: float, mode:
         fail("mode", f"one of {MODES}", repr(mode))
     if not 0 < keep <= 1:
         fail("keep", "a kept fraction in (0, 1]", keep)
+    check_importance(spec, importance)
     plan = PrunePlan()
-    for attention in spec.attentions:
-        if attention.name not in importance.heads:
-            fail("importance", f"head scores for {attention.name}", "none")
     if mode == "uniform":
         for attention in spec.attentions:
             target = max(1, math.floor(attention.num_heads * keep + 1e-9))

@@ -49,6 +49,10 @@ class Run:
         self.config = SimpleConfig(batch_size=args.batch_size, mask_steps=args.mask_steps, mask_lr=args.mask_lr,
                                    finetune_steps=args.finetune_steps, lr=args.lr, lm_weight=args.lm_weight,
                                    mode=args.mode, relu=args.relu)
+        found = self._manifest()
+        if found is not None and found["task"] != self.task:          # before training a teacher into it
+            raise SystemExit(f"--out: {self.out} holds a run of the {found['task']} task, not {self.task}: "
+                             f"use another --out")
         if args.task == "austen":
             from ..data.austen import prepare_austen, read_split
             self.model, self.tokenizer = _load(args.model)
@@ -59,6 +63,34 @@ class Run:
             self._bible_task(args.teacher_steps)
         self.test = take(self.test, slice(0, args.eval_chunks))
         self.teacher = self.model          # weights are never changed in place: the original is the teacher
+        self._check_manifest()
+
+    def _manifest(self):
+        path = self.path("run.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as file:
+            return json.load(file)
+
+    def _check_manifest(self) -> None:
+        """Stage outputs only resume the run that wrote them: out/run.json names the task and the model."""
+        import hashlib
+        config = self.model.config.to_dict()
+        for key in ("transformers_version", "_name_or_path"):
+            config.pop(key, None)
+        manifest = {"task": self.task, "model_type": config.get("model_type"),
+                    "model_config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str)
+                                                          .encode()).hexdigest()}
+        path = self.path("run.json")
+        found = self._manifest()
+        if found is not None:
+            if found != manifest:
+                raise SystemExit(f"--out: {self.out} holds a run of another task or model ({found['task']}, "
+                                 f"{found['model_type']}, config {found['model_config_sha256'][:12]}); this one is "
+                                 f"{self.task}, {manifest['model_type']}, config "
+                                 f"{manifest['model_config_sha256'][:12]}: use another --out")
+        else:
+            atomic_write_text(path, json.dumps(manifest, indent=2))
 
     def _bible_task(self, teacher_steps: int) -> None:
         """A small BART trained here (cached under out/teacher) on the vendored es -> en verses."""
