@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..pruning import count_parameters
+from ..report import markdown_table, save_plot
 from .api import Deer
 from .baseline import AutoregressiveBaseline
 from .generate import generate_ids
@@ -63,42 +64,30 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
 
 
 def format_table(result: dict) -> str:
+    def cells(r: dict) -> list[str]:
+        iters = "-" if r["iterations"] is None else ("0 (CTC only)" if r["iterations"] == 0 else str(r["iterations"]))
+        return [r["model"], f"{r['keep']:g}", iters, f"{r['params'] / 1e6:.1f}M", f"{r['bleu']:.2f}",
+                f"{r['ms_batch1']:.1f}", f"{r['ms_batch32']:.2f}"]
     lines = [f"{result['date']} | {result['device']}, {result['threads']} threads | BLEU (sacrebleu, lowercased) "
              f"on {result['sentences']} test sentences | latency: ms per sentence, batch 1 over the first "
-             f"{result['latency_sentences']}, batch 32 over all", "",
-             "| model | keep | edit iterations | parameters | BLEU | ms/sent batch 1 | ms/sent batch 32 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        iters = "-" if r["iterations"] is None else ("0 (CTC only)" if r["iterations"] == 0 else str(r["iterations"]))
-        lines.append(f"| {r['model']} | {r['keep']:g} | {iters} | {r['params'] / 1e6:.1f}M | {r['bleu']:.2f} | "
-                     f"{r['ms_batch1']:.1f} | {r['ms_batch32']:.2f} |")
+             f"{result['latency_sentences']}, batch 32 over all", ""]
+    lines += markdown_table(["model", "keep", "edit iterations", "parameters", "BLEU", "ms/sent batch 1",
+                             "ms/sent batch 32"], map(cells, result["rows"]))
     return "\n".join(lines)
 
 
 def plot(result: dict, path: str) -> bool:
     """BLEU against batch-1 latency, one line per keep ratio; False (and nothing written) without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    from ..io import atomic_write
-    figure, axis = plt.subplots(figsize=(6, 4))
-    deer_rows = [r for r in result["rows"] if r["iterations"] is not None]
-    for keep in sorted({r["keep"] for r in deer_rows}, reverse=True):
-        rows = [r for r in deer_rows if r["keep"] == keep]
-        axis.plot([r["ms_batch1"] for r in rows], [r["bleu"] for r in rows], marker="o", label=f"DEER keep {keep:g}")
-        for r in rows:
-            axis.annotate(str(r["iterations"]), (r["ms_batch1"], r["bleu"]), fontsize=7)
-    for r in result["rows"]:
-        if r["iterations"] is None:
-            axis.scatter([r["ms_batch1"]], [r["bleu"]], marker="s", color="black", label="autoregressive")
-    axis.set_xlabel("latency, ms per sentence (batch 1)")
-    axis.set_ylabel("BLEU")
-    axis.set_title("DEER: quality vs latency (labels: edit iterations)")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=120), binary=True)
-    plt.close(figure)
-    return True
+    def draw(axis) -> None:
+        deer_rows = [r for r in result["rows"] if r["iterations"] is not None]
+        for keep in sorted({r["keep"] for r in deer_rows}, reverse=True):
+            rows = [r for r in deer_rows if r["keep"] == keep]
+            axis.plot([r["ms_batch1"] for r in rows], [r["bleu"] for r in rows], marker="o",
+                      label=f"DEER keep {keep:g}")
+            for r in rows:
+                axis.annotate(str(r["iterations"]), (r["ms_batch1"], r["bleu"]), fontsize=7)
+        for r in result["rows"]:
+            if r["iterations"] is None:
+                axis.scatter([r["ms_batch1"]], [r["bleu"]], marker="s", color="black", label="autoregressive")
+    return save_plot(path, draw, "DEER: quality vs latency (labels: edit iterations)",
+                     "latency, ms per sentence (batch 1)", "BLEU")

@@ -20,9 +20,10 @@ import time
 
 import torch
 
-from ..io import atomic_torch_save, atomic_write, atomic_write_text
+from ..io import atomic_torch_save, atomic_write_text
 from ..pruning import PrunePlan, count_parameters, extract, model_spec, save_pretrained
 from ..pruning.plan import check_ratio
+from ..report import markdown_table, save_plot
 from .pipeline import METHODS, SimpleConfig, baseline_importance, finetune, latency_ms, learn_masks, \
     lm_chunks, pair_rows, perplexity, scored_tokens, take
 
@@ -181,44 +182,33 @@ def format_table(result: dict) -> str:
     task, rows = {"austen": ("next tokens of Austen's novels", f"{cfg['batch_size']} x {cfg['seq_len']} tokens"),
                   "bible-es-en": ("target tokens of Spanish -> English Bible verses",
                                   f"{cfg['batch_size']} verse pairs")}[result.get("task", "austen")]
+
+    def cells(r: dict) -> list[str]:
+        plain = "-" if r.get("plain_perplexity") is None else f"{r['plain_perplexity']:.2f}"
+        return [r["method"], f"{r['ratio']:g}", f"{r['params'] / 1e6:.1f}M", f"{r['perplexity']:.2f}", plain,
+                f"{r['latency_ms']:.0f}", f"{r['speedup']:.2f}x"]
     lines = [f"{result['date']} | CPU, {result['threads']} threads | test perplexity on {result['test_tokens']} "
              f"{task} | {cfg['mask_steps']} mask steps, {cfg['finetune_steps']} fine-tuning "
-             f"steps of {rows} | {cfg['mode']} extraction", "",
-             "| method | ratio | parameters | test perplexity | same, plain transformers | latency 8x128 (ms) "
-             "| speedup |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        plain = "-" if r.get("plain_perplexity") is None else f"{r['plain_perplexity']:.2f}"
-        lines.append(f"| {r['method']} | {r['ratio']:g} | {r['params'] / 1e6:.1f}M | {r['perplexity']:.2f} | "
-                     f"{plain} | {r['latency_ms']:.0f} | {r['speedup']:.2f}x |")
+             f"steps of {rows} | {cfg['mode']} extraction", ""]
+    lines += markdown_table(["method", "ratio", "parameters", "test perplexity", "same, plain transformers",
+                             "latency 8x128 (ms)", "speedup"], map(cells, result["rows"]))
     return "\n".join(lines)
 
 
 def plot(result: dict, path: str) -> bool:
     """Test perplexity (log scale) against parameters, one line per method; False without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    figure, axis = plt.subplots(figsize=(6, 4))
-    pruned = [r for r in result["rows"] if r["method"] != "full model"]
-    for method in dict.fromkeys(r["method"] for r in pruned):
-        rows = sorted((r for r in pruned if r["method"] == method), key=lambda r: r["params"])
-        axis.plot([r["params"] / 1e6 for r in rows], [r["perplexity"] for r in rows], marker="o", label=method)
-    for r in result["rows"]:
-        if r["method"] == "full model":
-            axis.scatter([r["params"] / 1e6], [r["perplexity"]], marker="*", s=120, color="black", label="full model")
-    axis.set_yscale("log")
-    axis.set_xlabel("parameters (millions)")
-    axis.set_ylabel("test perplexity")
-    axis.set_title("SIMPLE and baselines: perplexity vs size")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=120), binary=True)
-    plt.close(figure)
-    return True
+    def draw(axis) -> None:
+        pruned = [r for r in result["rows"] if r["method"] != "full model"]
+        for method in dict.fromkeys(r["method"] for r in pruned):
+            rows = sorted((r for r in pruned if r["method"] == method), key=lambda r: r["params"])
+            axis.plot([r["params"] / 1e6 for r in rows], [r["perplexity"] for r in rows], marker="o", label=method)
+        for r in result["rows"]:
+            if r["method"] == "full model":
+                axis.scatter([r["params"] / 1e6], [r["perplexity"]], marker="*", s=120, color="black",
+                             label="full model")
+        axis.set_yscale("log")
+    return save_plot(path, draw, "SIMPLE and baselines: perplexity vs size", "parameters (millions)",
+                     "test perplexity")
 
 
 def main(argv=None) -> int:

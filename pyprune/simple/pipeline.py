@@ -116,16 +116,15 @@ def scored_tokens(data: Data) -> int:
     return int(data[:, 1:].numel()) if isinstance(data, Tensor) else int((data["labels"] != -100).sum())
 
 
-def _rows(data: Data, index) -> dict:
-    """Model keyword arguments for the rows `index`."""
-    rows = take(data, index)
+def _kwargs(rows: Data) -> dict:
+    """Model keyword arguments for `rows`."""
     return {"input_ids": rows} if isinstance(rows, Tensor) else rows
 
 
 def _batches(data: Data, batch_size: int, steps: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        yield _rows(data, torch.randint(0, _size(data), (batch_size,), generator=generator))
+        yield _kwargs(take(data, torch.randint(0, _size(data), (batch_size,), generator=generator)))
 
 
 def _scored(batch: dict) -> Optional[Tensor]:
@@ -258,9 +257,10 @@ def perplexity(model: nn.Module, chunks: Data, batch_size: int = 8, progress: bo
     model.eval()
     total, count = 0.0, 0
     for start in tqdm(range(0, _size(chunks), batch_size), desc="perplexity", disable=not progress):
-        batch = _rows(chunks, slice(start, start + batch_size))
+        rows = take(chunks, slice(start, start + batch_size))
+        batch = _kwargs(rows)
         total += float(lm_loss(model(**batch).logits, batch, reduction="sum"))
-        count += scored_tokens(take(chunks, slice(start, start + batch_size)))
+        count += scored_tokens(rows)
     return math.exp(total / count)
 
 
