@@ -6,12 +6,23 @@ import tempfile
 from typing import Callable, IO
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
-    """Call ``write(file)`` on a temporary file beside `path`, then rename it over `path`."""
+    """Call ``write(file)`` on a temporary file beside `path`, then rename it over `path`.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (0666 less the umask), not the
+    owner-only ones of a temporary file.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.chmod(temporary, 0o666 & ~_umask())
         with os.fdopen(handle, "wb" if binary else "w") as file:
             write(file)
             file.flush()

@@ -26,11 +26,13 @@ import tempfile
 import zlib
 from typing import Iterable, Optional
 
-from ..io import atomic_write_text
+from ..io import atomic_write, atomic_write_text
 from .debian import unpack_deb
 
 SPLITS = ("train", "valid", "test")
-BIBLE = {"en": ("sword-text-kjv", "engKJV2006eb"), "es": ("sword-text-sparv", "spaRV1909eb")}
+BIBLE = {"en": ("sword-text-kjv", "engKJV2006eb"), "es": ("sword-text-sparv", "spaRV1909eb"),
+         "web": ("sword-text-web", "engWEB2015eb")}
+BIBLE_PAIRS = {"es-en": ("es", "en"), "kjv-web": ("en", "web")}
 DING = ("trans-de-en", "usr/share/trans/de-en")
 
 
@@ -117,31 +119,84 @@ def read_ztext(directory: str) -> list[str]:
     return verses
 
 
-def bible_pairs(spanish_dir: str, english_dir: str) -> list[tuple[str, str]]:
-    """Aligned (Spanish, English) verses of two modules sharing the KJV versification."""
-    es, en = read_ztext(spanish_dir), read_ztext(english_dir)
-    if len(es) != len(en):
-        raise ValueError(f"modules: expected the same versification, got {len(es)} and {len(en)} verse slots")
+_CHAPTER = re.compile(r'<chapter\b[^>]*\bosisID="([^"]+)"')
+
+
+def keyed_verses(directory: str) -> dict[str, str]:
+    """Plain text of every non-empty verse of a zText module by OSIS reference ("Gen.1.1").
+
+    A module's verse slots follow its versification: each chapter's heading
+    slot (holding the ``<chapter osisID="Gen.1">`` marker), then its verses.
+    Numbering the slots after each marker gives the references without a
+    versification table, so modules of different versifications (KJV, NRSVA)
+    align by reference.
+    """
+    slots = read_ztext(directory)
+    markers = [(i, m.group(1)) for i, text in enumerate(slots) for m in [_CHAPTER.search(text)] if m]
+    if not markers:
+        raise ValueError(f"{directory}: expected OSIS chapter markers (<chapter osisID=...>), found none")
+    verses = {}
+    ends = [i for i, _ in markers[1:]] + [len(slots)]
+    for (start, chapter), end in zip(markers, ends):
+        for slot in range(start + 1, end):
+            text = osis_text(slots[slot])
+            if text:
+                verses[f"{chapter}.{slot - start}"] = text
+    return verses
+
+
+def bible_pairs(source_dir: str, target_dir: str, max_ratio: Optional[float] = None) -> list[tuple[str, str]]:
+    """(source, target) verses of two zText modules aligned by reference, in the source's order.
+
+    `max_ratio`: drop pairs whose word counts differ by more than this factor
+    (verses split or merged differently, appended glossaries).
+    """
+    source, target = keyed_verses(source_dir), keyed_verses(target_dir)
     pairs = []
-    for a, b in zip(es, en):
-        a, b = osis_text(a), osis_text(b)
-        if a and b:
-            pairs.append((a, b))
+    for key, a in source.items():
+        b = target.get(key)
+        if b is None:
+            continue
+        if max_ratio is not None and not 1 / max_ratio <= len(b.split()) / len(a.split()) <= max_ratio:
+            continue
+        pairs.append((a, b))
     return pairs
 
 
-def prepare_bible(out: str, debs: Optional[dict] = None) -> str:
-    """Write out/{train,valid,test}.tsv of es -> en verse pairs (built once); returns `out`."""
+_QUOTES = str.maketrans({"\u201c": None, "\u201d": None, '"': None, "\u2018": "'", "\u2019": "'", "\u00b6": None})
+
+
+def plain_verse(text: str) -> str:
+    """A verse without paragraph marks and double quotes (the WEB quotes speech, the KJV does not)."""
+    return " ".join(text.translate(_QUOTES).split()).replace(" ?", "?").replace(" !", "!")
+
+
+def _module_dir(root: str, module: str) -> str:
+    base = os.path.join(root, "usr/share/sword/modules/texts/ztext")
+    return os.path.join(base, module) if os.path.isdir(os.path.join(base, module)) else os.path.join(base, module.lower())
+
+
+def prepare_bible(out: str, debs: Optional[dict] = None, pair: str = "es-en") -> str:
+    """Write out/{train,valid,test}.tsv of verse pairs (built once); returns `out`.
+
+    `pair`: "es-en" (Reina-Valera 1909 -> King James) or "kjv-web" (King
+    James -> World English Bible, archaic -> modern English; paragraph marks
+    and quotation marks removed, verses whose lengths differ by more than 2x
+    dropped). `debs`: already downloaded .deb files by language key.
+    """
+    if pair not in BIBLE_PAIRS:
+        raise ValueError(f"pair: expected one of {sorted(BIBLE_PAIRS)}, got {pair!r}")
     if all(os.path.isfile(os.path.join(out, f"{s}.tsv")) for s in SPLITS):
         return out
     with tempfile.TemporaryDirectory() as work:
-        dirs = {}
-        for lang, (package, module) in BIBLE.items():
-            root = unpack_deb(package, work, (debs or {}).get(lang))
-            dirs[lang] = os.path.join(root, "usr/share/sword/modules/texts/ztext", module.lower())
-            if not os.path.isdir(dirs[lang]):
-                dirs[lang] = os.path.join(root, "usr/share/sword/modules/texts/ztext", module)
-        pairs = bible_pairs(dirs["es"], dirs["en"])
+        dirs = []
+        for lang in BIBLE_PAIRS[pair]:
+            package, module = BIBLE[lang]
+            dirs.append(_module_dir(unpack_deb(package, work, (debs or {}).get(lang)), module))
+        if pair == "es-en":
+            pairs = bible_pairs(*dirs)
+        else:
+            pairs = [(plain_verse(a), plain_verse(b)) for a, b in bible_pairs(*dirs, max_ratio=2.0)]
     _write_splits(out, pairs)
     return out
 
@@ -194,9 +249,35 @@ def prepare_ding(out: str, deb: Optional[str] = None) -> str:
     return out
 
 
+VENDORED = ("kjv-web-short", "bible-es-en-short")
+
+
+def vendored_corpus(name: str = "kjv-web-short") -> str:
+    """Directory of a vendored split (public domain; ``scripts/vendor_corpora.py`` rebuilds them):
+    "kjv-web-short" (King James -> World English Bible) or "bible-es-en-short" (Spanish -> English)."""
+    if name not in VENDORED:
+        raise ValueError(f"name: expected one of {VENDORED}, got {name!r}")
+    return os.path.join(os.path.dirname(__file__), "corpora", name)
+
+
 def default_corpus() -> str:
-    """Directory of the vendored split (short es -> en Bible verses, public domain)."""
-    return os.path.join(os.path.dirname(__file__), "corpora", "bible-es-en-short")
+    """The embedded default of ``pyprune demo``: short KJV -> WEB verses (archaic -> modern English)."""
+    return vendored_corpus("kjv-web-short")
+
+
+def write_short_splits(directory: str, out: str, max_words: int = 16) -> dict[str, int]:
+    """Gzipped copies of a corpus's splits keeping pairs whose sides both have at most `max_words` words
+    (byte-reproducible: no timestamp in the gzip header); returns the pair count per split."""
+    counts = {}
+    os.makedirs(out, exist_ok=True)
+    for split in SPLITS:
+        pairs = [(a, b) for a, b in read_split(directory, split)
+                 if len(a.split()) <= max_words and len(b.split()) <= max_words]
+        text = "".join(f"{a}\t{b}\n" for a, b in pairs).encode("utf-8")
+        atomic_write(os.path.join(out, f"{split}.tsv.gz"), lambda file: file.write(
+            gzip.compress(text, mtime=0)), binary=True)
+        counts[split] = len(pairs)
+    return counts
 
 
 def read_split(directory: str, split: str) -> list[tuple[str, str]]:

@@ -17,7 +17,10 @@ import torch
 
 from ..io import atomic_torch_save, atomic_write_text
 
-CORPORA = ("default", "bible", "ding")
+# "default": vendored short KJV -> WEB verses; "bible-short": vendored short es -> en verses; the others are
+# built from Debian packages on first use: "bible" (es -> en), "kjv-web" (archaic -> modern English), "ding" (de -> en).
+CORPORA = ("default", "bible-short", "bible", "kjv-web", "ding")
+_BUILT = {"bible": ("bible-es-en", "es-en"), "kjv-web": ("bible-kjv-web", "kjv-web")}
 
 
 def _data_dir(name: str, cache: str | None = None) -> str:
@@ -25,9 +28,13 @@ def _data_dir(name: str, cache: str | None = None) -> str:
     from ..models import cache_dir
     if name == "default":
         return parallel.default_corpus()
-    if name in ("bible", "ding"):
-        out = os.path.join(cache or cache_dir(), f"{name}-{'es' if name == 'bible' else 'de'}-en")
-        return parallel.prepare_bible(out) if name == "bible" else parallel.prepare_ding(out)
+    if name == "bible-short":
+        return parallel.vendored_corpus("bible-es-en-short")
+    if name in _BUILT:
+        folder, pair = _BUILT[name]
+        return parallel.prepare_bible(os.path.join(cache or cache_dir(), folder), pair=pair)
+    if name == "ding":
+        return parallel.prepare_ding(os.path.join(cache or cache_dir(), "ding-de-en"))
     if os.path.isdir(name):
         return name
     raise SystemExit(f"--data: expected one of {CORPORA} or a directory with train/valid/test .tsv/.jsonl, "

@@ -96,9 +96,9 @@ class Run:
     def _bible_task(self, teacher_steps: int) -> None:
         """A small BART trained here (cached under out/teacher) on the vendored es -> en verses."""
         import transformers
-        from ..data.parallel import default_corpus, read_split
+        from ..data.parallel import read_split, vendored_corpus
         from .seq2seq import small_bart, train_teacher, word_tokenizer
-        splits = {name: read_split(default_corpus(), name) for name in ("train", "test")}
+        splits = {name: read_split(vendored_corpus("bible-es-en-short"), name) for name in ("train", "test")}
         path = self.path("teacher")
         if not os.path.isdir(path):
             tokenizer = word_tokenizer([text for pair in splits["train"] for text in pair])
