@@ -141,6 +141,19 @@ def test_module_is_drop_in_both_ways():
     assert "live_blocks" in repr(sparse)
 
 
+def test_inference_skips_remasking_the_weight(monkeypatch):
+    layer = BlockSparseLinear.from_dense(torch.nn.Linear(K_BLOCKS * 32, N_BLOCKS * 32), MASKS["random"])
+    x = torch.randn(3, K_BLOCKS * 32)
+    assert layer.explain(3).path == "masked_dense"
+    with_grad = layer(x)
+    import pyprune.nn.sparse as module
+    monkeypatch.setattr(module, "block_sparse_linear", lambda *a: pytest.fail("the op was called"))
+    with torch.no_grad():
+        fast = layer(x)                  # plain F.linear on the stored weight (dead blocks are zeros)
+    torch.testing.assert_close(fast, with_grad)
+    torch.testing.assert_close(fast, x @ (layer.weight * expand_mask(MASKS["random"])).T + layer.bias)
+
+
 def test_training_keeps_dead_blocks_zero():
     layer = BlockSparseLinear(K_BLOCKS * 32, N_BLOCKS * 32, block_mask=MASKS["random"])
     layer.force_path = "block_sparse"

@@ -194,6 +194,19 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]
 
 
+def test_output_matrix_is_cached_for_decoding_until_the_embeddings_change(tokenizer):
+    model = make(tokenizer).model
+    words = model.encoder.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        first = model.output_matrix()
+        assert model.output_matrix() is first
+        words[model.out_to_token[1:]] += 1.0
+        changed = model.output_matrix()
+    assert changed is not first
+    torch.testing.assert_close(changed[1:], first[1:] + 1.0)
+    assert model.output_matrix().requires_grad and model.output_matrix() is not model.output_matrix()
+
+
 def test_checkpoint_resume_continues_exactly(tokenizer, tmp_path):
     straight, _, _ = _trained(tokenizer, tmp_path / "a", steps=6)
     deer = make(tokenizer)

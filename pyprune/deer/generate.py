@@ -58,13 +58,14 @@ def ctc_draft(model: DeerModel, cache, sources: Tensor) -> Tensor:
 
 @torch.no_grad()
 def edit_once(model: DeerModel, cache, tokens: Tensor) -> Tensor:
-    """One edit iteration: delete, insert placeholders, fill them."""
+    """One edit iteration: delete, insert placeholders, fill them (three passes; two when nothing is deleted)."""
     c = model.config
     h = model.decode_target(cache, tokens)
     deleted, _, _ = apply_del_words(tokens, None, None, model.deletion_logits(h).argmax(-1), c.pad_id, c.bos_id,
                                     c.eos_id)
     deleted = _trim(deleted, c.pad_id)
-    h = model.decode_target(cache, deleted)
+    if not torch.equal(deleted, tokens):          # nothing deleted: the same input, the same states
+        h = model.decode_target(cache, deleted)
     counts = model.placeholder_logits(h).argmax(-1)
     width = min(model.max_positions, deleted.shape[1] + int(counts.sum(1).max()))
     inserted, _ = apply_ins_masks(deleted, None, counts, c.pad_id, c.mask_id, c.eos_id, max_length=width)

@@ -107,11 +107,12 @@ class DeerObjective(nn.Module):
         n_slots = model.num_slots(source_lengths)
         slots = model.ctc_slots(sources, source_lengths)
         labels, label_lengths = content(targets, model)
+        matrix = model.output_matrix()          # one gather (and one scatter in backward) per step
         if glance_ratio > 0:
             with torch.no_grad():
-                first = model.vocab_logits(model.decode_target(cache, slots))
+                first = model.vocab_logits(model.decode_target(cache, slots), matrix.detach())
             slots = glance(model, first, slots, n_slots, labels, label_lengths, glance_ratio, generator)
-        logits = model.vocab_logits(model.decode_target(cache, slots))
+        logits = model.vocab_logits(model.decode_target(cache, slots), matrix)
         losses = {"ctc": ctc_loss_from_logits(logits, labels, n_slots, label_lengths, blank=0, zero_infinity=True,
                                               label_smoothing=cfg.ctc_smoothing, batch_first=True)}
 
@@ -136,7 +137,7 @@ class DeerObjective(nn.Module):
                                                 label_smoothing=cfg.placeholder_smoothing)
 
         h = model.decode_target(cache, masked_tokens)
-        words = model.vocab_logits(h)[..., 1:]                 # no blank among insertions
+        words = model.vocab_logits(h, matrix)[..., 1:]         # no blank among insertions
         if bool(masked.any()):
             losses["insertion"] = F.cross_entropy(words[masked], model.to_output(targets[masked]) - 1,
                                                   label_smoothing=cfg.insertion_smoothing)

@@ -24,7 +24,7 @@ Heads, all sharing the encoder:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -240,13 +240,25 @@ class DeerModel(nn.Module):
 
     # ------------------------------------------------------------ heads
     def output_matrix(self) -> Tensor:
-        """(classes, hidden): the blank row, then the tied word embeddings of the output vocabulary."""
-        words = self.encoder.embeddings.word_embeddings.weight
-        return torch.cat([self.blank, words[self.out_to_token[1:]]], 0)
+        """(classes, hidden): the blank row, then the tied word embeddings of the output vocabulary.
 
-    def vocab_logits(self, h: Tensor) -> Tensor:
-        """(batch, T, classes) logits over blank + output vocabulary."""
-        return F.linear(self.transform(h), self.output_matrix(), self.output_bias)
+        Without autograd (decoding) the gathered matrix is kept until the embeddings or the blank change
+        (in-place updates, loading, moving); with autograd it is gathered afresh: pass one gather to every
+        ``vocab_logits`` call of a step so its backward scatters into the embedding gradient once.
+        """
+        words = self.encoder.embeddings.word_embeddings.weight
+        if torch.is_grad_enabled() and (words.requires_grad or self.blank.requires_grad):
+            return torch.cat([self.blank, words[self.out_to_token[1:]]], 0)
+        key = (words.data_ptr(), words._version, self.blank.data_ptr(), self.blank._version,
+               self.out_to_token.data_ptr())
+        cached = self.__dict__.get("_output_cache")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_output_cache"] = (key, torch.cat([self.blank, words[self.out_to_token[1:]]], 0))
+        return cached[1]
+
+    def vocab_logits(self, h: Tensor, matrix: Optional[Tensor] = None) -> Tensor:
+        """(batch, T, classes) logits over blank + output vocabulary (`matrix`: an ``output_matrix()``)."""
+        return F.linear(self.transform(h), self.output_matrix() if matrix is None else matrix, self.output_bias)
 
     def insertion_logits(self, h: Tensor) -> Tensor:
         """Vocabulary logits with the blank excluded (-inf)."""

@@ -94,8 +94,8 @@ def encoder_optimizer(model: torch.nn.Module, lr: float, head_lr: float, extra: 
     """AdamW (0.9, 0.98): `model.encoder` (pretrained) at `lr`, every other parameter of `model`
     (new heads) at `head_lr`, then the `extra` groups."""
     encoder = [p for p in model.encoder.parameters() if p.requires_grad]
-    own = {id(p) for p in encoder}
-    heads = [p for p in model.parameters() if id(p) not in own]
+    own = {id(p) for p in model.encoder.parameters()}
+    heads = [p for p in model.parameters() if id(p) not in own and p.requires_grad]
     groups = [{"params": encoder, "lr": lr}, {"params": heads, "lr": head_lr}, *extra]
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=weight_decay)
 

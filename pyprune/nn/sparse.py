@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyprune.sparse import BLOCK, PathChoice, block_sparse_linear, choose_path, expand_mask, layout_for
@@ -76,6 +77,12 @@ class BlockSparseLinear(nn.Linear):
         return choose_path(layout_for(self.block_mask), tokens, self.weight.device)
 
     def forward(self, input: Tensor) -> Tensor:
+        if self.force_path is None and not (torch.is_grad_enabled() and self.weight.requires_grad):
+            tokens = input.numel() // max(self.in_features, 1)
+            if self.explain(tokens).path == "masked_dense":
+                # Dead blocks are stored as zeros: without a weight gradient to keep out of them there is
+                # nothing to mask (masking would copy the whole weight on every call).
+                return F.linear(input, self.weight, self.bias)
         return block_sparse_linear(input, self.weight, self.bias, self.block_mask, self.force_path)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
