@@ -184,6 +184,7 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     assert result["rows"][0]["bleu"] == pytest.approx(bleu(outputs[1.0, 0, True], TARGETS))
     assert all(r["ms_batch1"] > 0 and r["ms_batch32"] > 0 for r in result["rows"])
     assert format_table(result).count("| DEER |") == 4
+    assert result["copy_bleu"] == pytest.approx(bleu(SOURCES, TARGETS)) and result["copy_bleu"] < 5
     pytest.importorskip("matplotlib")
     from pyprune.deer.evaluate import plot
     assert plot(result, str(tmp_path / "results.png"))

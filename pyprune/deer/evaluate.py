@@ -59,7 +59,8 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
                      "example": hypotheses[0]})
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
             "device": str(deer.model.output_bias.device), "sentences": len(pairs),
-            "latency_sentences": len(timed), "source_example": pairs[0][0] if pairs else "",
+            "latency_sentences": len(timed), "copy_bleu": bleu([s for s, _ in pairs], references),
+            "source_example": pairs[0][0] if pairs else "",
             "reference_example": references[0] if pairs else "", "rows": rows}
 
 
@@ -70,7 +71,8 @@ def format_table(result: dict) -> str:
                 f"{r['ms_batch1']:.1f}", f"{r['ms_batch32']:.2f}"]
     lines = [f"{result['date']} | {result['device']}, {result['threads']} threads | BLEU (sacrebleu, lowercased) "
              f"on {result['sentences']} test sentences | latency: ms per sentence, batch 1 over the first "
-             f"{result['latency_sentences']}, batch 32 over all", ""]
+             f"{result['latency_sentences']}, batch 32 over all | the sources copied unchanged score "
+             f"{result.get('copy_bleu', float('nan')):.2f} BLEU", ""]
     lines += markdown_table(["model", "keep", "edit iterations", "parameters", "BLEU", "ms/sent batch 1",
                              "ms/sent batch 32"], map(cells, result["rows"]))
     return "\n".join(lines)
