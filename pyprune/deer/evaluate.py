@@ -13,16 +13,21 @@ from .baseline import AutoregressiveBaseline
 from .generate import generate_ids
 
 
+# Batch-1 latency is the median of this many timed passes over the latency sentences (a single pass of a few
+# hundred milliseconds is noisy on a shared machine).
+BATCH1_REPEATS = 3
+
+
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (sacrebleu, 13a tokenisation), lowercased: the backbone's tokenizer is uncased."""
     import sacrebleu
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=True).score)
 
 
-def _ms_per_sentence(run, sources, batch_size: int, device: str) -> float:
+def _ms_per_sentence(run, sources, batch_size: int, device: str, repeats: int = 1) -> float:
     from ..benchmarks.common import median_ms
     run(sources[:batch_size], batch_size)                 # warm-up on one batch (not the whole set)
-    return median_ms(lambda: run(sources, batch_size), device, warmup=0, repeats=1) / len(sources)
+    return median_ms(lambda: run(sources, batch_size), device, warmup=0, repeats=repeats) / len(sources)
 
 
 def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
@@ -44,7 +49,7 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
         hypotheses = deer.decode(run(sources, 32))
         rows.append({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True),
                      "bleu": bleu(hypotheses, references),
-                     "ms_batch1": _ms_per_sentence(run, timed, 1, device),
+                     "ms_batch1": _ms_per_sentence(run, timed, 1, device, BATCH1_REPEATS),
                      "ms_batch32": _ms_per_sentence(run, sources, 32, device),
                      "example": hypotheses[0]})
     if baseline is not None:
@@ -54,7 +59,7 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
         rows.append({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)",
                      "keep": 1.0, "iterations": None, "params": count_parameters(baseline),
                      "bleu": bleu(hypotheses, references),
-                     "ms_batch1": _ms_per_sentence(run_ar, timed, 1, device),
+                     "ms_batch1": _ms_per_sentence(run_ar, timed, 1, device, BATCH1_REPEATS),
                      "ms_batch32": _ms_per_sentence(run_ar, sources, 32, device),
                      "example": hypotheses[0]})
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
