@@ -94,7 +94,7 @@ def extension_setup() -> dict:
 
 setup(
     packages=find_packages(include=["pyprune", "pyprune.*"]),
-    # The vendored public-domain corpus (short Bible verses, es -> en) for the demo and tests.
+    # The vendored public-domain corpora (short Bible verses, KJV -> WEB and es -> en) for the demo and tests.
     package_data={"pyprune.data": ["corpora/*/*.tsv.gz"]},
     **extension_setup(),
 )

@@ -72,9 +72,14 @@ def read_parallel(path: str) -> list[tuple[str, str]]:
 
 
 def write_tsv(path: str, pairs: Iterable[tuple[str, str]]) -> None:
-    """Write pairs as TSV atomically (tabs and newlines inside a side become spaces)."""
+    """Write pairs as TSV atomically (tabs and newlines inside a side become spaces); a `path` ending in .gz
+    is gzipped without a timestamp, so the same pairs give the same bytes."""
     clean = (" ".join(s.split()) + "\t" + " ".join(t.split()) for s, t in pairs)
-    atomic_write_text(path, "".join(line + "\n" for line in clean))
+    text = "".join(line + "\n" for line in clean)
+    if path.endswith(".gz"):
+        atomic_write(path, lambda file: file.write(gzip.compress(text.encode("utf-8"), mtime=0)), binary=True)
+    else:
+        atomic_write_text(path, text)
 
 
 def split_of(index: int, run: int = 10) -> str:
@@ -269,13 +274,10 @@ def write_short_splits(directory: str, out: str, max_words: int = 16) -> dict[st
     """Gzipped copies of a corpus's splits keeping pairs whose sides both have at most `max_words` words
     (byte-reproducible: no timestamp in the gzip header); returns the pair count per split."""
     counts = {}
-    os.makedirs(out, exist_ok=True)
     for split in SPLITS:
         pairs = [(a, b) for a, b in read_split(directory, split)
                  if len(a.split()) <= max_words and len(b.split()) <= max_words]
-        text = "".join(f"{a}\t{b}\n" for a, b in pairs).encode("utf-8")
-        atomic_write(os.path.join(out, f"{split}.tsv.gz"), lambda file: file.write(
-            gzip.compress(text, mtime=0)), binary=True)
+        write_tsv(os.path.join(out, f"{split}.tsv.gz"), pairs)
         counts[split] = len(pairs)
     return counts
 

@@ -7,7 +7,7 @@ leaves the batch once an iteration leaves it unchanged.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -57,26 +57,40 @@ def ctc_draft(model: DeerModel, cache, sources: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def edit_once(model: DeerModel, cache, tokens: Tensor) -> Tensor:
-    """One edit iteration: delete, insert placeholders, fill them (three passes; two when nothing is deleted)."""
+def delete_words(model: DeerModel, tokens: Tensor, h: Tensor) -> Tensor:
+    """The deletion classifier's edits to `tokens` (whose target states are `h`), trimmed."""
     c = model.config
-    h = model.decode_target(cache, tokens)
     deleted, _, _ = apply_del_words(tokens, None, None, model.deletion_logits(h).argmax(-1), c.pad_id, c.bos_id,
                                     c.eos_id)
-    deleted = _trim(deleted, c.pad_id)
-    if not torch.equal(deleted, tokens):          # nothing deleted: the same input, the same states
-        h = model.decode_target(cache, deleted)
+    return _trim(deleted, c.pad_id)
+
+
+@torch.no_grad()
+def insert_words(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = None) -> Tensor:
+    """Insert placeholders where the placeholder classifier says, then fill them (`h`: the states of
+    `tokens`, when already computed)."""
+    c = model.config
+    if h is None:
+        h = model.decode_target(cache, tokens)
     counts = model.placeholder_logits(h).argmax(-1)
-    width = min(model.max_positions, deleted.shape[1] + int(counts.sum(1).max()))
-    inserted, _ = apply_ins_masks(deleted, None, counts, c.pad_id, c.mask_id, c.eos_id, max_length=width)
+    width = min(model.max_positions, tokens.shape[1] + int(counts.sum(1).max()))
+    inserted, _ = apply_ins_masks(tokens, None, counts, c.pad_id, c.mask_id, c.eos_id, max_length=width)
     inserted = _trim(inserted, c.pad_id)
-    holes = inserted.eq(c.mask_id)
-    if not bool(holes.any()):
+    if not bool(inserted.eq(c.mask_id).any()):
         return inserted
     h = model.decode_target(cache, inserted)
     words = model.to_tokens(model.vocab_logits(h)[..., 1:].argmax(-1) + 1)
     filled, _ = apply_ins_words(inserted, None, words, None, c.mask_id)
     return filled
+
+
+@torch.no_grad()
+def edit_once(model: DeerModel, cache, tokens: Tensor) -> Tensor:
+    """One edit iteration: delete, insert placeholders, fill them (three passes; two when nothing is deleted)."""
+    h = model.decode_target(cache, tokens)
+    deleted = delete_words(model, tokens, h)
+    # Nothing deleted: the same input, the same states.
+    return insert_words(model, cache, deleted, h if torch.equal(deleted, tokens) else None)
 
 
 @torch.no_grad()

@@ -247,13 +247,16 @@ class DeerModel(nn.Module):
         ``vocab_logits`` call of a step so its backward scatters into the embedding gradient once.
         """
         words = self.encoder.embeddings.word_embeddings.weight
-        if torch.is_grad_enabled() and (words.requires_grad or self.blank.requires_grad):
+
+        def gather() -> Tensor:
             return torch.cat([self.blank, words[self.out_to_token[1:]]], 0)
+        if torch.is_grad_enabled() and (words.requires_grad or self.blank.requires_grad):
+            return gather()
         key = (words.data_ptr(), words._version, self.blank.data_ptr(), self.blank._version,
                self.out_to_token.data_ptr())
         cached = self.__dict__.get("_output_cache")
         if cached is None or cached[0] != key:
-            cached = self.__dict__["_output_cache"] = (key, torch.cat([self.blank, words[self.out_to_token[1:]]], 0))
+            cached = self.__dict__["_output_cache"] = (key, gather())
         return cached[1]
 
     def vocab_logits(self, h: Tensor, matrix: Optional[Tensor] = None) -> Tensor:

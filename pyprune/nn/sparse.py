@@ -77,13 +77,13 @@ class BlockSparseLinear(nn.Linear):
         return choose_path(layout_for(self.block_mask), tokens, self.weight.device)
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.force_path is None and not (torch.is_grad_enabled() and self.weight.requires_grad):
-            tokens = input.numel() // max(self.in_features, 1)
-            if self.explain(tokens).path == "masked_dense":
-                # Dead blocks are stored as zeros: without a weight gradient to keep out of them there is
-                # nothing to mask (masking would copy the whole weight on every call).
-                return F.linear(input, self.weight, self.bias)
-        return block_sparse_linear(input, self.weight, self.bias, self.block_mask, self.force_path)
+        path = self.force_path or self.explain(input.numel() // max(self.in_features, 1)).path
+        if path == "masked_dense" and self.force_path is None and not (
+                torch.is_grad_enabled() and self.weight.requires_grad):
+            # Dead blocks are stored as zeros: without a weight gradient to keep out of them there is
+            # nothing to mask (masking would copy the whole weight on every call).
+            return F.linear(input, self.weight, self.bias)
+        return block_sparse_linear(input, self.weight, self.bias, self.block_mask, path)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
