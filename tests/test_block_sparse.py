@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import pyprune
 from pyprune.nn import BlockSparseLinear
 from pyprune.sparse import build_layout, block_sparse_linear, choose_path, expand_mask, layout_for
+from pyprune.sparse.linear import compact_weight
 
 triton = pytest.importorskip("triton")
 from pyprune.triton_kernels import block_sparse_linear as kernels  # noqa: E402
@@ -152,6 +153,31 @@ def test_inference_skips_remasking_the_weight(monkeypatch):
         fast = layer(x)                  # plain F.linear on the stored weight (dead blocks are zeros)
     torch.testing.assert_close(fast, with_grad)
     torch.testing.assert_close(fast, x @ (layer.weight * expand_mask(MASKS["random"])).T + layer.bias)
+
+
+def test_inference_keeps_the_compacted_weight(monkeypatch):
+    rows = torch.ones(N_BLOCKS, K_BLOCKS, dtype=torch.bool)
+    rows[::2] = False                                   # FFN-style: half the block rows pruned
+    rows[1, 0] = False                                  # and one block dead inside a kept row
+    layer = BlockSparseLinear.from_dense(torch.nn.Linear(K_BLOCKS * 32, N_BLOCKS * 32), rows)
+    x = torch.randn(2, 3, K_BLOCKS * 32)
+    # A few tokens: gathering the live weight on every call would cost more than it saves, but a
+    # layer that keeps the gathered weight (no weight gradient) wins with the compacted matmul.
+    assert layer.explain(6, weight_grad=True).path == "masked_dense"
+    assert layer.explain(6, weight_grad=False).path == "compact_dense"
+    import pyprune.nn.sparse as module
+    gathers = []
+    monkeypatch.setattr(module, "compact_weight", lambda *a: gathers.append(1) or compact_weight(*a))
+    expected = x @ (layer.weight * expand_mask(rows)).T + layer.bias
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected)
+        torch.testing.assert_close(layer(x), expected)
+        assert len(gathers) == 1                        # gathered once, then kept
+        layer.weight.mul_(2.0)                          # an in-place change is seen
+        torch.testing.assert_close(layer(x), 2 * expected - layer.bias)
+        assert len(gathers) == 2
+        layer.set_block_mask(torch.ones_like(rows))     # so is a new mask
+        assert layer.explain(6).path == "masked_dense"
 
 
 def test_training_keeps_dead_blocks_zero():

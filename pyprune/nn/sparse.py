@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyprune.sparse import BLOCK, PathChoice, block_sparse_linear, choose_path, expand_mask, layout_for
+from pyprune.sparse.linear import compact_dense, compact_weight
 
 
 class BlockSparseLinear(nn.Linear):
@@ -72,17 +73,39 @@ class BlockSparseLinear(nn.Linear):
                 linear.bias.copy_(self.bias)
         return linear
 
-    def explain(self, tokens: int) -> PathChoice:
-        """The path the cost model picks for `tokens` rows of input, and why."""
-        return choose_path(layout_for(self.block_mask), tokens, self.weight.device)
+    def _weight_grad(self) -> bool:
+        return torch.is_grad_enabled() and self.weight.requires_grad
+
+    def explain(self, tokens: int, weight_grad: Optional[bool] = None) -> PathChoice:
+        """The path the cost model picks for `tokens` rows of input, and why (`weight_grad`: whether the
+        weight needs a gradient; by default, whether it would in a call now)."""
+        ready = not (self._weight_grad() if weight_grad is None else weight_grad)
+        return choose_path(layout_for(self.block_mask), tokens, self.weight.device, weight_ready=ready)
+
+    def _compact_weight(self) -> Tensor:
+        """``compact_weight`` of the current weight and mask, kept until either changes (in place or
+        replaced): inference pays the gather once, not per call (one extra copy of the live weight)."""
+        key = (self.weight.data_ptr(), self.weight._version, self.block_mask.data_ptr(), self.block_mask._version)
+        cached = self.__dict__.get("_compact_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = self.__dict__["_compact_cache"] = (key, compact_weight(self.weight,
+                                                                                layout_for(self.block_mask)))
+        return cached[1]
 
     def forward(self, input: Tensor) -> Tensor:
-        path = self.force_path or self.explain(input.numel() // max(self.in_features, 1)).path
-        if path == "masked_dense" and self.force_path is None and not (
-                torch.is_grad_enabled() and self.weight.requires_grad):
+        if self.force_path is not None:
+            return block_sparse_linear(input, self.weight, self.bias, self.block_mask, self.force_path)
+        path = self.explain(input.numel() // max(self.in_features, 1)).path
+        if not self._weight_grad():
             # Dead blocks are stored as zeros: without a weight gradient to keep out of them there is
             # nothing to mask (masking would copy the whole weight on every call).
-            return F.linear(input, self.weight, self.bias)
+            if path == "masked_dense":
+                return F.linear(input, self.weight, self.bias)
+            if path == "compact_dense":
+                flat = input.reshape(-1, self.in_features)
+                y = compact_dense(flat, self.weight, self.bias, layout_for(self.block_mask), self._compact_weight())
+                return y.reshape(*input.shape[:-1], self.out_features)
         return block_sparse_linear(input, self.weight, self.bias, self.block_mask, path)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

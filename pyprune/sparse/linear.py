@@ -128,14 +128,21 @@ class PathChoice:
     total_blocks: int = 0
 
 
-def choose_path(layout: BlockLayout, tokens: int, device: torch.device) -> PathChoice:
+def choose_path(layout: BlockLayout, tokens: int, device: torch.device, weight_ready: bool = False) -> PathChoice:
     """Cost model: flops at each path's efficiency plus gather/scatter traffic.
 
     masked_dense costs M*N*K (+ masking the weight); compact_dense costs
-    M*N'*K' on the live rows/columns plus gathering X's live columns and
-    scattering Y's live rows; block_sparse costs the live blocks' flops at the
-    kernel's measured efficiency (KERNEL_EFFICIENCY)."""
-    key = (tokens, device.type, triton_usable(device))
+    M*N'*K' on the live rows/columns plus gathering X's live columns,
+    scattering Y's live rows (each only where some are dead) and gathering the
+    live weight; block_sparse costs the live blocks' flops at the kernel's
+    measured efficiency (KERNEL_EFFICIENCY).
+
+    `weight_ready`: the caller already holds the weight masked (dead blocks
+    stored as zeros) and its compacted copy (``BlockSparseLinear`` without a
+    weight gradient), so neither the masking nor the weight gather is paid.
+    At a few dozen tokens (batch-1 decoding) the weight gather alone costs
+    more than the matmul it saves."""
+    key = (tokens, device.type, triton_usable(device), weight_ready)
     if key in layout.path_choices:
         return layout.path_choices[key]
     R, C = layout.mask.shape
@@ -144,11 +151,14 @@ def choose_path(layout: BlockLayout, tokens: int, device: torch.device) -> PathC
     live_rows *= BLOCK
     live_cols *= BLOCK
     M = max(tokens, 1)
-    costs = {
-        "masked_dense": M * N * K + N * K,
-        "compact_dense": M * live_rows * live_cols + GATHER_COST * M * (live_cols + live_rows)
-        if live_rows and live_cols else GATHER_COST * M * N,
-    }
+    if live_rows and live_cols:
+        traffic = M * ((live_cols < K) * live_cols + (live_rows < N) * live_rows)
+        if not weight_ready:
+            traffic += live_rows * live_cols
+        compact = M * live_rows * live_cols + GATHER_COST * traffic
+    else:
+        compact = GATHER_COST * M * N
+    costs = {"masked_dense": M * N * K + (0 if weight_ready else N * K), "compact_dense": compact}
     efficiency = KERNEL_EFFICIENCY.get(device.type, 0.0)
     if triton_usable(device) and (efficiency > 0 or device.type == "cpu"):
         costs["block_sparse"] = M * live * BLOCK * BLOCK / max(efficiency, 1e-3)
@@ -157,13 +167,31 @@ def choose_path(layout: BlockLayout, tokens: int, device: torch.device) -> PathC
     return choice
 
 
-def _compact_dense(x: Tensor, weight: Tensor, bias: Optional[Tensor], layout: BlockLayout) -> Tensor:
+def compact_weight(weight: Tensor, layout: BlockLayout) -> Tensor:
+    """The weight restricted to the live block rows and columns, its dead blocks there zeroed."""
     row_index, col_index = layout.live_features
-    sub_weight = weight.index_select(0, row_index).index_select(1, col_index)
-    sub_mask = layout.compact_mask
-    if sub_mask is not None:  # blocks dead inside the kept rows and columns
-        sub_weight = sub_weight * expand_mask(sub_mask).to(weight.dtype)
-    partial = F.linear(x.index_select(1, col_index), sub_weight)
+    sub_weight = weight
+    if len(row_index) < weight.shape[0]:
+        sub_weight = sub_weight.index_select(0, row_index)
+    if len(col_index) < weight.shape[1]:
+        sub_weight = sub_weight.index_select(1, col_index)
+    if layout.compact_mask is not None:  # blocks dead inside the kept rows and columns
+        sub_weight = sub_weight * expand_mask(layout.compact_mask).to(weight.dtype)
+    return sub_weight
+
+
+def compact_dense(x: Tensor, weight: Tensor, bias: Optional[Tensor], layout: BlockLayout,
+                  sub_weight: Optional[Tensor] = None) -> Tensor:
+    """The compacted path on (M, K) `x`: one dense matmul over the live rows and columns
+    (`sub_weight`: ``compact_weight(weight, layout)`` when the caller keeps it)."""
+    row_index, col_index = layout.live_features
+    if sub_weight is None:
+        sub_weight = compact_weight(weight, layout)
+    if len(col_index) < weight.shape[1]:
+        x = x.index_select(1, col_index)
+    if len(row_index) == weight.shape[0]:
+        return F.linear(x, sub_weight, bias)
+    partial = F.linear(x, sub_weight)
     y = x.new_zeros(x.shape[0], weight.shape[0]) if bias is None else bias.expand(x.shape[0], -1).clone()
     return y.index_add(1, row_index, partial)
 
@@ -199,7 +227,7 @@ def block_sparse_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], block
     if path == "masked_dense":
         y = F.linear(flat, _masked_weight(weight, block_mask), bias)
     elif path == "compact_dense":
-        y = _compact_dense(flat, weight, bias, layout)
+        y = compact_dense(flat, weight, bias, layout)
     elif path == "block_sparse":
         y = torch.ops.pyprune.block_sparse_linear(
             flat.contiguous(), weight.contiguous(), bias, layout.mask, layout.row_indices,
