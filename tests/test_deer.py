@@ -12,7 +12,7 @@ from pyprune.deer import Deer, DeerObjective
 from pyprune.deer.baseline import AutoregressiveBaseline, train_baseline
 from pyprune.deer.generate import generate_ids, pad_rows
 from pyprune.deer.losses import content, glance, random_deletion
-from pyprune.deer.train import TrainConfig, encode_pairs, target_vocabulary, train
+from pyprune.deer.train import TrainConfig, encode_pairs, set_dropout, target_vocabulary, train
 from pyprune.ops import apply_ins_words, get_ins_targets
 
 SOURCES = ["el perro come pan", "la casa es grande y bonita", "dios es amor"]
@@ -225,6 +225,18 @@ def test_checkpoint_resume_continues_exactly(tokenizer, tmp_path):
         torch.testing.assert_close(a, b)
     again, _ = Deer.load(run)
     assert again.generate(SOURCES, max_iter=1) == resumed.generate(SOURCES, max_iter=1)
+
+
+def test_training_dropout_option(tokenizer, tmp_path):
+    deer = make(tokenizer)
+    set_dropout(deer.model.encoder, 0.1)                # as a pretrained backbone ships
+    pairs = encode_pairs(deer, list(zip(SOURCES, TARGETS)))
+    config = TrainConfig(steps=1, batch_size=3, checkpoint_every=1000, dropout=0.0)
+    train(deer, pairs, str(tmp_path / "run"), config, progress=False)
+    rates = [m.p for m in deer.model.encoder.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates and all(p == 0.0 for p in rates)
+    with pytest.raises(ValueError, match="dropout"):
+        train(deer, pairs, str(tmp_path / "bad"), TrainConfig(steps=1, dropout=1.5), progress=False)
 
 
 def test_bad_inputs_raise_clear_errors(tokenizer, tmp_path):
