@@ -212,13 +212,13 @@ def main(argv=None) -> int:
             "evaluate": cmd_evaluate}[args.command](args)
 
 
-# Step counts sized to the time limits on a 2-core CPU (about 1.2-1.4 s per DEER step of 16 pairs without
-# dropout, 0.55 s per baseline step), so the warm-up/decay schedule and the glancing anneal run to their end;
-# the limits stop a slower machine early (the schedule is then cut short). Slots copy the source (the task is
+# Step counts sized to the time limits on a 2-core CPU (about 1.2 s per DEER step of 16 pairs without
+# dropout, 0.5 s per baseline step, by the demo's progress bars), so the warm-up/decay schedule and the
+# glancing anneal run to their end; the limits stop a slower machine early (the schedule is then cut short). Slots copy the source (the task is
 # archaic -> modern English) and the editor learns on the model's own CTC drafts: of the settings tried on the
 # valid split (README), these gave the best CTC draft and the smallest loss from editing. On the valid split
 # edits start to help after about 500 steps (README), so the demo spends its minutes on DEER steps: no
-# dropout (450 steps of 16 pairs is about one epoch, and dropout costs ~8% of a step) and a shorter baseline,
+# dropout (450 steps of 16 pairs is about one epoch, and dropout costs time each step) and a shorter baseline,
 # which learns nothing usable in 15 CPU minutes either way and serves as the latency anchor.
 DEMO = dict(steps=450, batch_size=16, time_limit=600.0, baseline_steps=150, baseline_time_limit=100.0,
             lr=2e-4, slots="copy", draft_prob=1.0, dropout=0.0)
@@ -232,11 +232,9 @@ def demo(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    train_args = ["train", "--out", args.out, "--steps", str(DEMO["steps"]), "--batch-size", str(DEMO["batch_size"]),
-                  "--lr", str(DEMO["lr"]), "--slots", DEMO["slots"], "--draft-prob", str(DEMO["draft_prob"]),
-                  "--dropout", str(DEMO["dropout"]),
-                  "--time-limit", str(DEMO["time_limit"]), "--baseline-steps",
-                  str(DEMO["baseline_steps"]), "--baseline-time-limit", str(DEMO["baseline_time_limit"])]
+    train_args = ["train", "--out", args.out]
+    for key, value in DEMO.items():            # every DEMO key is a `pyprune deer train` option
+        train_args += ["--" + key.replace("_", "-"), str(value)]
     if args.threads:
         train_args += ["--threads", str(args.threads)]
     main(train_args)

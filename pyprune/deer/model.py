@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._memo import derived
 from .._validation import fail
 
 BACKBONES = ("bert", "roberta", "xlm-roberta")
@@ -252,12 +253,7 @@ class DeerModel(nn.Module):
             return torch.cat([self.blank, words[self.out_to_token[1:]]], 0)
         if torch.is_grad_enabled() and (words.requires_grad or self.blank.requires_grad):
             return gather()
-        key = (words.data_ptr(), words._version, self.blank.data_ptr(), self.blank._version,
-               self.out_to_token.data_ptr())
-        cached = self.__dict__.get("_output_cache")
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_output_cache"] = (key, gather())
-        return cached[1]
+        return derived(self, "_output_cache", (words, self.blank, self.out_to_token), gather)
 
     def vocab_logits(self, h: Tensor, matrix: Optional[Tensor] = None) -> Tensor:
         """(batch, T, classes) logits over blank + output vocabulary (`matrix`: an ``output_matrix()``)."""

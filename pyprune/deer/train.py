@@ -124,10 +124,10 @@ def train(deer: Deer, pairs: Sequence[tuple[list[int], list[int]]], out: str, co
         fail("pairs", "at least one (source, target) pair the model can represent", "none")
     if config.steps < 1 or config.batch_size < 1:
         fail("config", "steps >= 1 and batch_size >= 1", f"steps={config.steps}, batch_size={config.batch_size}")
-    rank, world = _distributed()
-    device = deer.model.output_bias.device
     if config.dropout is not None:
         set_dropout(deer.model.encoder, config.dropout)
+    rank, world = _distributed()
+    device = deer.model.output_bias.device
     objective = DeerObjective(deer.model, deer.pruning, loss_config)
     module = objective
     if world > 1:

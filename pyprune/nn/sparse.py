@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyprune._memo import derived
 from pyprune.sparse import BLOCK, PathChoice, block_sparse_linear, choose_path, expand_mask, layout_for
 from pyprune.sparse.linear import compact_dense, compact_weight
 
@@ -82,29 +83,25 @@ class BlockSparseLinear(nn.Linear):
         ready = not (self._weight_grad() if weight_grad is None else weight_grad)
         return choose_path(layout_for(self.block_mask), tokens, self.weight.device, weight_ready=ready)
 
-    def _compact_weight(self) -> Tensor:
-        """``compact_weight`` of the current weight and mask, kept until either changes (in place or
-        replaced): inference pays the gather once, not per call (one extra copy of the live weight)."""
-        key = (self.weight.data_ptr(), self.weight._version, self.block_mask.data_ptr(), self.block_mask._version)
-        cached = self.__dict__.get("_compact_cache")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = self.__dict__["_compact_cache"] = (key, compact_weight(self.weight,
-                                                                                layout_for(self.block_mask)))
-        return cached[1]
-
     def forward(self, input: Tensor) -> Tensor:
         if self.force_path is not None:
             return block_sparse_linear(input, self.weight, self.bias, self.block_mask, self.force_path)
-        path = self.explain(input.numel() // max(self.in_features, 1)).path
-        if not self._weight_grad():
+        layout = layout_for(self.block_mask)
+        weight_grad = self._weight_grad()
+        path = choose_path(layout, input.numel() // max(self.in_features, 1), self.weight.device,
+                           weight_ready=not weight_grad).path
+        if not weight_grad:
             # Dead blocks are stored as zeros: without a weight gradient to keep out of them there is
-            # nothing to mask (masking would copy the whole weight on every call).
+            # nothing to mask (masking would copy the whole weight on every call), and the compacted
+            # weight is gathered once and kept until the weight or the mask changes (one extra copy of
+            # the live weight).
             if path == "masked_dense":
                 return F.linear(input, self.weight, self.bias)
             if path == "compact_dense":
-                flat = input.reshape(-1, self.in_features)
-                y = compact_dense(flat, self.weight, self.bias, layout_for(self.block_mask), self._compact_weight())
+                with torch.no_grad():
+                    sub_weight = derived(self, "_compact_cache", (self.weight, self.block_mask),
+                                         lambda: compact_weight(self.weight, layout))
+                y = compact_dense(input.reshape(-1, self.in_features), self.weight, self.bias, layout, sub_weight)
                 return y.reshape(*input.shape[:-1], self.out_features)
         return block_sparse_linear(input, self.weight, self.bias, self.block_mask, path)
 

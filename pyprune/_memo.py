@@ -1,0 +1,18 @@
+"""Values derived from tensors, kept until one of those tensors changes."""
+from __future__ import annotations
+
+from typing import Callable, Sequence, TypeVar
+
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+def derived(owner: object, name: str, tensors: Sequence[Tensor], make: Callable[[], T]) -> T:
+    """``make()``, kept in ``owner.__dict__[name]`` (outside any state_dict) until one of `tensors` is
+    replaced, moved or changed in place (keyed on their storage pointers and version counters)."""
+    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    cached = owner.__dict__.get(name)
+    if cached is None or cached[0] != key:
+        cached = owner.__dict__[name] = (key, make())
+    return cached[1]
