@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence, TypeVar
 
+import torch
 from torch import Tensor
 
 T = TypeVar("T")
@@ -16,3 +17,11 @@ def derived(owner: object, name: str, tensors: Sequence[Tensor], make: Callable[
     if cached is None or cached[0] != key:
         cached = owner.__dict__[name] = (key, make())
     return cached[1]
+
+
+def unless_recorded(owner: object, name: str, tensors: Sequence[Tensor], make: Callable[[], T]) -> T:
+    """``make()`` afresh where autograd records it (a grad-requiring input under grad mode), so the
+    backward reaches `tensors`; otherwise ``derived``: kept until one of them changes."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return make()
+    return derived(owner, name, tensors, make)

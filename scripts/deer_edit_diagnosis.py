@@ -34,8 +34,7 @@ def main() -> None:
     outputs = {k: [None] * len(sources) for k in kinds}
     with torch.no_grad():
         for index, batch in sorted_batches(sources, 32, c.pad_id, model.output_bias.device):
-            cache = model.encode_source(batch)
-            draft = ctc_draft(model, cache, batch)
+            cache, draft = ctc_draft(model, batch)
             deleted = delete_words(model, draft, model.decode_target(cache, draft))
             results = (draft, deleted, insert_words(model, cache, draft), insert_words(model, cache, deleted))
             for kind, tokens in zip(kinds, results):

@@ -10,7 +10,7 @@ import transformers
 
 from pyprune.deer import Deer, DeerObjective
 from pyprune.deer.baseline import AutoregressiveBaseline, train_baseline
-from pyprune.deer.generate import generate_ids, pad_rows
+from pyprune.deer.generate import fill_words, generate_ids, pad_rows
 from pyprune.deer.losses import content, glance, random_deletion
 from pyprune.deer.train import TrainConfig, encode_pairs, set_dropout, target_vocabulary, train
 from pyprune.ops import apply_ins_words, get_ins_targets
@@ -68,6 +68,37 @@ def test_cached_source_decoding_equals_the_joint_pass(tokenizer):
     wider = torch.nn.functional.pad(sources, (0, 3))
     torch.testing.assert_close(model.decode_target(model.encode_source(wider), targets)[valid], cached[valid],
                                atol=1e-5, rtol=1e-5)
+
+
+def test_one_pass_over_source_and_target_equals_two(tokenizer):
+    deer = make(tokenizer)
+    model = deer.model
+    sources, targets = batch(deer)
+    cache, h = model.encode_with_target(sources, targets)
+    reference = model.encode_source(sources)
+    valid = targets.ne(0)
+    torch.testing.assert_close(h[valid], model.decode_target(reference, targets)[valid], atol=1e-5, rtol=1e-5)
+    for a, b in zip(cache.keys + cache.values, reference.keys + reference.values):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert torch.equal(cache.mask, reference.mask)
+    with pytest.raises(ValueError, match="targets"):
+        model.encode_with_target(sources, targets[:2])
+
+
+def test_fill_words_equals_the_argmax_over_every_position(tokenizer):
+    deer = make(tokenizer)
+    model, c = deer.model.eval(), deer.model.config
+    sources, targets = batch(deer)
+    holes = torch.rand(targets.shape, generator=torch.Generator().manual_seed(0)) < 0.4
+    holes &= targets.ne(c.pad_id) & targets.ne(c.bos_id) & targets.ne(c.eos_id)
+    tokens = targets.masked_fill(holes, c.mask_id)
+    assert holes.any()
+    cache = model.encode_source(sources)
+    with torch.no_grad():
+        logits = model.vocab_logits(model.decode_target(cache, tokens))
+    everywhere = model.to_tokens(logits[..., 1:].argmax(-1) + 1)
+    assert torch.equal(fill_words(model, cache, tokens), torch.where(holes, everywhere, tokens))
+    assert fill_words(model, cache, targets) is targets                   # no placeholder: unchanged
 
 
 def test_ctc_slots(tokenizer):
@@ -183,6 +214,10 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     assert [(r["keep"], r["iterations"]) for r in result["rows"]] == [(1.0, 0), (1.0, 1), (0.5, 0), (0.5, 1)]
     assert result["rows"][0]["bleu"] == pytest.approx(bleu(outputs[1.0, 0, True], TARGETS))
     assert all(r["ms_batch1"] > 0 and r["ms_batch32"] > 0 for r in result["rows"])
+    lengths = [len(ids) - 2 for ids in deer.encode(TARGETS)]
+    assert result["reference_tokens"] == pytest.approx(sum(lengths) / 3)
+    drafts = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=0)
+    assert result["rows"][0]["tokens"] == pytest.approx(sum(map(len, drafts)) / 3) and drafts[0]
     assert format_table(result).count("| DEER |") == 4
     assert result["copy_bleu"] == pytest.approx(bleu(SOURCES, TARGETS)) and result["copy_bleu"] < 5
     pytest.importorskip("matplotlib")
@@ -206,6 +241,19 @@ def test_output_matrix_is_cached_for_decoding_until_the_embeddings_change(tokeni
     assert changed is not first
     torch.testing.assert_close(changed[1:], first[1:] + 1.0)
     assert model.output_matrix().requires_grad and model.output_matrix() is not model.output_matrix()
+    # The autoregressive baseline keeps its output rows for decoding alike, and trains through them.
+    c = model.config
+    baseline = AutoregressiveBaseline(model.encoder, model.restricted_vocab(), c.pad_id, c.bos_id, c.eos_id, layers=1)
+    h = torch.randn(2, 3, words.shape[1])
+    with torch.no_grad():
+        first = baseline._logits(h)
+        kept = baseline._output_cache[1]
+        torch.testing.assert_close(baseline._logits(h), first)
+        assert baseline._output_cache[1] is kept
+        words[baseline.out_to_token] *= 2.0
+        assert not torch.equal(baseline._logits(h), first) and baseline._output_cache[1] is not kept
+    baseline._logits(h).sum().backward()
+    assert words.grad is not None and words.grad[baseline.out_to_token].abs().sum() > 0
 
 
 def test_checkpoint_resume_continues_exactly(tokenizer, tmp_path):
@@ -287,6 +335,20 @@ def test_autoregressive_baseline_cache_matches_full_recompute(tokenizer):
                     break
                 prefix.append(token)
             assert prefix[1:] == got
+
+
+def test_decoding_benchmark_variants_agree(tokenizer):
+    from pyprune.benchmarks.deer import measure
+    deer = make(tokenizer, prune=False)
+    c = deer.model.config
+    torch.manual_seed(0)
+    baseline = AutoregressiveBaseline(transformers.BertModel(deer.model.encoder.config, add_pooling_layer=False),
+                                      deer.model.restricted_vocab(), c.pad_id, c.bos_id, c.eos_id, layers=1,
+                                      max_length=20).eval()
+    rows = measure(deer, baseline, deer.encode(SOURCES), rounds=1)
+    assert [r["step"] for r in rows] == ["CTC draft", "fill", "autoregressive greedy"]
+    assert all(r["anchor_ms"] > 0 and r["pyprune_ms"] > 0 for r in rows)
+    assert "_logits" not in vars(baseline)                  # the benchmark's stand-in is gone again
 
 
 def _ddp_worker(rank, world, init, out, tokenizer):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._memo import unless_recorded
 from .._validation import fail
 from .generate import pad_rows, sorted_batches
 
@@ -93,8 +94,10 @@ class AutoregressiveBaseline(nn.Module):
         return self.embed_norm(self.encoder.embeddings.word_embeddings(tokens) + self.positions(positions)[None])
 
     def _logits(self, h: Tensor) -> Tensor:
-        words = self.encoder.embeddings.word_embeddings.weight[self.out_to_token]
-        return F.linear(self.final_norm(h), words, self.output_bias)
+        words = self.encoder.embeddings.word_embeddings.weight
+        # Decoding keeps the gathered output rows (one gather per generated token cost more than the matmul).
+        matrix = unless_recorded(self, "_output_cache", (words, self.out_to_token), lambda: words[self.out_to_token])
+        return F.linear(self.final_norm(h), matrix, self.output_bias)
 
     def _memory(self, sources: Tensor):
         valid = sources.ne(self.pad_id)

@@ -30,6 +30,10 @@ def _ms_per_sentence(run, sources, batch_size: int, device: str, repeats: int = 
     return median_ms(lambda: run(sources, batch_size), device, warmup=0, repeats=repeats) / len(sources)
 
 
+def _mean_length(ids: Sequence[Sequence[int]]) -> float:
+    return sum(map(len, ids)) / max(len(ids), 1)
+
+
 def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
              iterations: Sequence[int] = (0, 1, 2), baseline: Optional[AutoregressiveBaseline] = None,
              latency_sentences: int = 50, progress: bool = True) -> dict:
@@ -46,25 +50,28 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
 
         def run(src, batch_size, model=model, iters=iters):
             return generate_ids(model, src, max_iter=iters, batch_size=batch_size)
-        hypotheses = deer.decode(run(sources, 32))
+        ids = run(sources, 32)
+        hypotheses = deer.decode(ids)
         rows.append({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True),
-                     "bleu": bleu(hypotheses, references),
+                     "bleu": bleu(hypotheses, references), "tokens": _mean_length(ids),
                      "ms_batch1": _ms_per_sentence(run, timed, 1, device, BATCH1_REPEATS),
                      "ms_batch32": _ms_per_sentence(run, sources, 32, device),
                      "example": hypotheses[0]})
     if baseline is not None:
         def run_ar(src, batch_size):
             return baseline.generate_ids(src, batch_size=batch_size)
-        hypotheses = deer.decode(run_ar(sources, 32))
+        ids = run_ar(sources, 32)
+        hypotheses = deer.decode(ids)
         rows.append({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)",
                      "keep": 1.0, "iterations": None, "params": count_parameters(baseline),
-                     "bleu": bleu(hypotheses, references),
+                     "bleu": bleu(hypotheses, references), "tokens": _mean_length(ids),
                      "ms_batch1": _ms_per_sentence(run_ar, timed, 1, device, BATCH1_REPEATS),
                      "ms_batch32": _ms_per_sentence(run_ar, sources, 32, device),
                      "example": hypotheses[0]})
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
             "device": str(deer.model.output_bias.device), "sentences": len(pairs),
             "latency_sentences": len(timed), "copy_bleu": bleu([s for s, _ in pairs], references),
+            "reference_tokens": _mean_length([t[1:-1] for t in deer.encode(references, name="references")]),
             "source_example": pairs[0][0] if pairs else "",
             "reference_example": references[0] if pairs else "", "rows": rows}
 
@@ -73,12 +80,13 @@ def format_table(result: dict) -> str:
     def cells(r: dict) -> list[str]:
         iters = "-" if r["iterations"] is None else ("0 (CTC only)" if r["iterations"] == 0 else str(r["iterations"]))
         return [r["model"], f"{r['keep']:g}", iters, f"{r['params'] / 1e6:.1f}M", f"{r['bleu']:.2f}",
-                f"{r['ms_batch1']:.1f}", f"{r['ms_batch32']:.2f}"]
+                f"{r['tokens']:.1f}", f"{r['ms_batch1']:.1f}", f"{r['ms_batch32']:.2f}"]
     lines = [f"{result['date']} | {result['device']}, {result['threads']} threads | BLEU (sacrebleu, lowercased) "
              f"on {result['sentences']} test sentences | latency: ms per sentence, batch 1 over the first "
              f"{result['latency_sentences']}, batch 32 over all | the sources copied unchanged score "
-             f"{result.get('copy_bleu', float('nan')):.2f} BLEU", ""]
-    lines += markdown_table(["model", "keep", "edit iterations", "parameters", "BLEU", "ms/sent batch 1",
+             f"{result['copy_bleu']:.2f} BLEU | tokens: output tokens per sentence (the references: "
+             f"{result['reference_tokens']:.1f}); a longer output takes the autoregressive decoder more steps", ""]
+    lines += markdown_table(["model", "keep", "edit iterations", "parameters", "BLEU", "tokens", "ms/sent batch 1",
                              "ms/sent batch 32"], map(cells, result["rows"]))
     return "\n".join(lines)
 

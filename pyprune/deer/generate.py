@@ -1,8 +1,8 @@
 """DEER decoding: one CTC pass, then Levenshtein edit iterations (delete, insert placeholders, fill).
 
-The source is encoded once per batch (``DeerModel.encode_source``); the CTC
-pass and the three passes of each edit iteration run only the target rows
-against the cached source keys and values. With ``adaptive=True`` a row
+The source and the CTC slots go through the encoder in one pass, which
+keeps the source's keys and values (``DeerModel.encode_with_target``); the
+three passes of each edit iteration run only the target rows against them. With ``adaptive=True`` a row
 leaves the batch once an iteration leaves it unchanged.
 """
 from __future__ import annotations
@@ -47,13 +47,14 @@ def _same(a: Tensor, b: Tensor, pad_id: int) -> Tensor:
 
 
 @torch.no_grad()
-def ctc_draft(model: DeerModel, cache, sources: Tensor) -> Tensor:
-    """[bos] greedy CTC output [eos] per row, padded."""
+def ctc_draft(model: DeerModel, sources: Tensor):
+    """(the source cache, [bos] greedy CTC output [eos] per row, padded): the source and the CTC slots go
+    through the encoder together (``DeerModel.encode_with_target``)."""
     lengths = sources.ne(model.config.pad_id).sum(1)
     n = model.num_slots(lengths)
-    logits = model.vocab_logits(model.decode_target(cache, model.ctc_slots(sources, lengths)))
-    classes, out_lengths = ctc_greedy_decode(logits, n, blank=0, batch_first=True)
-    return frame(model.to_tokens(classes), out_lengths, model, model.max_positions)
+    cache, h = model.encode_with_target(sources, model.ctc_slots(sources, lengths))
+    classes, out_lengths = ctc_greedy_decode(model.vocab_logits(h), n, blank=0, batch_first=True)
+    return cache, frame(model.to_tokens(classes), out_lengths, model, model.max_positions)
 
 
 @torch.no_grad()
@@ -75,12 +76,19 @@ def insert_words(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = 
     counts = model.placeholder_logits(h).argmax(-1)
     width = min(model.max_positions, tokens.shape[1] + int(counts.sum(1).max()))
     inserted, _ = apply_ins_masks(tokens, None, counts, c.pad_id, c.mask_id, c.eos_id, max_length=width)
-    inserted = _trim(inserted, c.pad_id)
-    if not bool(inserted.eq(c.mask_id).any()):
-        return inserted
-    h = model.decode_target(cache, inserted)
-    words = model.to_tokens(model.vocab_logits(h)[..., 1:].argmax(-1) + 1)
-    filled, _ = apply_ins_words(inserted, None, words, None, c.mask_id)
+    return fill_words(model, cache, _trim(inserted, c.pad_id))
+
+
+@torch.no_grad()
+def fill_words(model: DeerModel, cache, tokens: Tensor) -> Tensor:
+    """Replace each placeholder ([mask]) in `tokens` by the insertion classifier's word."""
+    holes = tokens.eq(model.config.mask_id)
+    if not bool(holes.any()):
+        return tokens
+    h = model.decode_target(cache, tokens)[holes]            # vocabulary logits only where a word goes
+    words = torch.zeros_like(tokens)
+    words[holes] = model.to_tokens(model.vocab_logits(h)[:, 1:].argmax(-1) + 1)
+    filled, _ = apply_ins_words(tokens, None, words, None, model.config.mask_id)
     return filled
 
 
@@ -108,8 +116,7 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
     device = model.output_bias.device
     results: list = [None] * len(sources)
     for index, batch in sorted_batches(sources, batch_size, c.pad_id, device):
-        cache = model.encode_source(batch)
-        tokens = ctc_draft(model, cache, batch)
+        cache, tokens = ctc_draft(model, batch)
         active = torch.arange(len(index), device=device)
         for _ in range(max_iter):
             current = _trim(tokens[active], c.pad_id)

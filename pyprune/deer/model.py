@@ -10,7 +10,9 @@ runs only the target rows against them. The CTC pass, and each of the three
 passes of every edit iteration, is one ``decode_target`` call on the same
 source cache. ``joint_forward`` runs the same computation as a single pass
 over the concatenated input with the block mask (``joint_attention_mask``);
-the tests check that both agree.
+the tests check that both agree. ``encode_with_target`` gives the source
+cache and one target's states from a single pass over the layers (the CTC
+pass of decoding).
 
 Heads, all sharing the encoder:
 - vocabulary logits: a new transform (dense, GELU, LayerNorm) and the word
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._memo import derived
+from .._memo import unless_recorded
 from .._validation import fail
 
 BACKBONES = ("bert", "roberta", "xlm-roberta")
@@ -78,12 +80,21 @@ def _heads(x: Tensor, heads: int) -> Tensor:
     return x.view(b, t, heads, -1).transpose(1, 2)
 
 
-def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-    """One BERT layer for query rows `h` given all keys/values and a (batch, 1, rows, keys) bool mask."""
+def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tensor, source_rows: int = 0) -> Tensor:
+    """One BERT layer for query rows `h` given all keys/values and a (batch, 1, rows or 1, keys) bool mask.
+
+    `source_rows`: the first rows of `h` are source rows, which attend only to the first `source_rows` keys.
+    """
     sa = layer.attention.self
     q = _heads(sa.query(h), sa.num_attention_heads)
     p = sa.dropout.p if sa.training else 0.0
-    ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
+    if source_rows:
+        S = source_rows
+        ctx = torch.cat([F.scaled_dot_product_attention(q[:, :, :S], keys[:, :, :S], values[:, :, :S],
+                                                        attn_mask=mask[..., :S], dropout_p=p),
+                         F.scaled_dot_product_attention(q[:, :, S:], keys, values, attn_mask=mask, dropout_p=p)], 2)
+    else:
+        ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
     ctx = ctx.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
     a = layer.attention.output(ctx, h)
     return layer.output(layer.intermediate(a), a)
@@ -206,12 +217,15 @@ class DeerModel(nn.Module):
             h = _layer(layer, h, k, v, mask)
         return SourceCache(keys, values, valid)
 
-    def decode_target(self, cache: SourceCache, targets: Tensor) -> Tensor:
-        """Target hidden states (batch, T, hidden): target rows see the cached source and the target."""
-        if targets.dim() != 2 or targets.shape[0] != cache.mask.shape[0]:
-            fail("targets", f"a (batch={cache.mask.shape[0]}, length) tensor", tuple(targets.shape))
+    def _check_targets(self, targets: Tensor, batch: int) -> None:
+        if targets.dim() != 2 or targets.shape[0] != batch:
+            fail("targets", f"a (batch={batch}, length) tensor", tuple(targets.shape))
         if targets.shape[1] > self.max_positions:
             fail("targets", f"at most {self.max_positions} tokens (the position table)", targets.shape[1])
+
+    def decode_target(self, cache: SourceCache, targets: Tensor) -> Tensor:
+        """Target hidden states (batch, T, hidden): target rows see the cached source and the target."""
+        self._check_targets(targets, cache.mask.shape[0])
         valid = torch.cat([cache.mask, targets.ne(self.config.pad_id)], 1)
         mask = valid[:, None, None, :]
         h = self._embed(targets, self.target_type)
@@ -219,6 +233,24 @@ class DeerModel(nn.Module):
             k, v = _kv(layer, h)
             h = _layer(layer, h, torch.cat([sk, k], 2), torch.cat([sv, v], 2), mask)
         return h
+
+    def encode_with_target(self, sources: Tensor, targets: Tensor) -> tuple[SourceCache, Tensor]:
+        """``encode_source`` then ``decode_target``, in one pass over the layers: (the source cache, the target
+        hidden states). Each layer's weights are read once for the source and target rows together, where
+        the two calls read them twice; at batch 1 on a CPU a pass takes about the time of that read."""
+        self.check_sources(sources)
+        self._check_targets(targets, sources.shape[0])
+        S = sources.shape[1]
+        source_valid = sources.ne(self.config.pad_id)
+        mask = torch.cat([source_valid, targets.ne(self.config.pad_id)], 1)[:, None, None, :]
+        h = torch.cat([self._embed(sources, 0), self._embed(targets, self.target_type)], 1)
+        keys, values = [], []
+        for layer in self.encoder.encoder.layer:
+            k, v = _kv(layer, h)
+            keys.append(k[:, :, :S])
+            values.append(v[:, :, :S])
+            h = _layer(layer, h, k, v, mask, source_rows=S)
+        return SourceCache(keys, values, source_valid), h[:, S:]
 
     def joint_attention_mask(self, sources: Tensor, targets: Tensor) -> Tensor:
         """(batch, S+T, S+T) bool: source rows see the source, target rows see everything; no padding keys."""
@@ -251,9 +283,7 @@ class DeerModel(nn.Module):
 
         def gather() -> Tensor:
             return torch.cat([self.blank, words[self.out_to_token[1:]]], 0)
-        if torch.is_grad_enabled() and (words.requires_grad or self.blank.requires_grad):
-            return gather()
-        return derived(self, "_output_cache", (words, self.blank, self.out_to_token), gather)
+        return unless_recorded(self, "_output_cache", (words, self.blank, self.out_to_token), gather)
 
     def vocab_logits(self, h: Tensor, matrix: Optional[Tensor] = None) -> Tensor:
         """(batch, T, classes) logits over blank + output vocabulary (`matrix`: an ``output_matrix()``)."""
