@@ -1,6 +1,7 @@
 """Quality and speed of a trained DEER model: BLEU x keep ratio x edit iterations, latency, parameters."""
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Optional, Sequence
 
@@ -13,8 +14,8 @@ from .baseline import AutoregressiveBaseline
 from .generate import generate_ids
 
 
-# Batch-1 latency is the median of this many timed passes over the latency sentences (a single pass of a few
-# hundred milliseconds is noisy on a shared machine).
+# Batch-1 latency is the median of this many timed passes over the latency sentences. The passes of all rows
+# alternate (every row, then every row again), so a slow spell of a shared machine hits every row alike.
 BATCH1_REPEATS = 3
 
 
@@ -24,14 +25,30 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], lowercase=True).score)
 
 
-def _ms_per_sentence(run, sources, batch_size: int, device: str, repeats: int = 1) -> float:
+def _ms_per_sentence(run, sources, batch_size: int, device: str) -> float:
     from ..benchmarks.common import median_ms
     run(sources[:batch_size], batch_size)                 # warm-up on one batch (not the whole set)
-    return median_ms(lambda: run(sources, batch_size), device, warmup=0, repeats=repeats) / len(sources)
+    return median_ms(lambda: run(sources, batch_size), device, warmup=0, repeats=1) / len(sources)
 
 
 def _mean_length(ids: Sequence[Sequence[int]]) -> float:
     return sum(map(len, ids)) / max(len(ids), 1)
+
+
+def _batch1_ms(runs: Sequence, sources, device: str, repeats: int) -> list[float]:
+    """Median ms per sentence of each `run` at batch 1, the runs' passes interleaved."""
+    from ..benchmarks.common import synchronize
+    for run in runs:
+        run(sources[:1], 1)                               # warm-up
+    times: list = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, kept in zip(runs, times):
+            synchronize(device)
+            start = time.perf_counter()
+            run(sources, 1)
+            synchronize(device)
+            kept.append(1e3 * (time.perf_counter() - start) / len(sources))
+    return [statistics.median(t) for t in times]
 
 
 def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
@@ -42,32 +59,29 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
     sources = deer.encode([s for s, _ in pairs])
     references = [t for _, t in pairs]
     timed = sources[:latency_sentences]
-    rows = []
     device = deer.model.output_bias.device.type
-    configs = [(k, i) for k in keeps for i in iterations]
-    for keep, iters in tqdm(configs, desc="evaluating DEER", disable=not progress):
-        model = deer.sub_network(keep)
+    rows, runs = [], []
 
-        def run(src, batch_size, model=model, iters=iters):
-            return generate_ids(model, src, max_iter=iters, batch_size=batch_size)
+    def measure(row: dict, run) -> None:
         ids = run(sources, 32)
         hypotheses = deer.decode(ids)
-        rows.append({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True),
-                     "bleu": bleu(hypotheses, references), "tokens": _mean_length(ids),
-                     "ms_batch1": _ms_per_sentence(run, timed, 1, device, BATCH1_REPEATS),
-                     "ms_batch32": _ms_per_sentence(run, sources, 32, device),
-                     "example": hypotheses[0]})
+        row.update(bleu=bleu(hypotheses, references), tokens=_mean_length(ids),
+                   ms_batch32=_ms_per_sentence(run, sources, 32, device), example=hypotheses[0])
+        rows.append(row)
+        runs.append(run)
+
+    for keep, iters in tqdm([(k, i) for k in keeps for i in iterations], desc="evaluating DEER",
+                            disable=not progress):
+        model = deer.sub_network(keep)
+        measure({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True)},
+                lambda src, batch_size, model=model, iters=iters: generate_ids(model, src, max_iter=iters,
+                                                                                 batch_size=batch_size))
     if baseline is not None:
-        def run_ar(src, batch_size):
-            return baseline.generate_ids(src, batch_size=batch_size)
-        ids = run_ar(sources, 32)
-        hypotheses = deer.decode(ids)
-        rows.append({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)",
-                     "keep": 1.0, "iterations": None, "params": count_parameters(baseline),
-                     "bleu": bleu(hypotheses, references), "tokens": _mean_length(ids),
-                     "ms_batch1": _ms_per_sentence(run_ar, timed, 1, device, BATCH1_REPEATS),
-                     "ms_batch32": _ms_per_sentence(run_ar, sources, 32, device),
-                     "example": hypotheses[0]})
+        measure({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)", "keep": 1.0,
+                 "iterations": None, "params": count_parameters(baseline)},
+                lambda src, batch_size: baseline.generate_ids(src, batch_size=batch_size))
+    for row, ms in zip(rows, _batch1_ms(runs, timed, device, BATCH1_REPEATS)):
+        row["ms_batch1"] = ms
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
             "device": str(deer.model.output_bias.device), "sentences": len(pairs),
             "latency_sentences": len(timed), "copy_bleu": bleu([s for s, _ in pairs], references),
