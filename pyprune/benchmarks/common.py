@@ -8,7 +8,7 @@ import platform
 import resource
 import statistics
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -32,6 +32,20 @@ def median_ms(fn: Callable[[], object], device: str, warmup: int = 1, repeats: i
         synchronize(device)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
+
+
+def interleaved_median_ms(fns: Sequence[Callable[[], object]], device: str, repeats: int = 5) -> list[float]:
+    """Median wall time of each of `fns` in milliseconds, timed in rounds (every fn once, then every fn
+    again), so a slow spell of a shared machine hits each alike. No warm-up: the caller's."""
+    times: list = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, kept in zip(fns, times):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            kept.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(t) for t in times]
 
 
 def copy_bandwidth_gbs(device: str, numel: int = 64 << 20) -> float:

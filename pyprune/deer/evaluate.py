@@ -1,7 +1,6 @@
 """Quality and speed of a trained DEER model: BLEU x keep ratio x edit iterations, latency, parameters."""
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Optional, Sequence
 
@@ -37,18 +36,11 @@ def _mean_length(ids: Sequence[Sequence[int]]) -> float:
 
 def _batch1_ms(runs: Sequence, sources, device: str, repeats: int) -> list[float]:
     """Median ms per sentence of each `run` at batch 1, the runs' passes interleaved."""
-    from ..benchmarks.common import synchronize
+    from ..benchmarks.common import interleaved_median_ms
     for run in runs:
         run(sources[:1], 1)                               # warm-up
-    times: list = [[] for _ in runs]
-    for _ in range(repeats):
-        for run, kept in zip(runs, times):
-            synchronize(device)
-            start = time.perf_counter()
-            run(sources, 1)
-            synchronize(device)
-            kept.append(1e3 * (time.perf_counter() - start) / len(sources))
-    return [statistics.median(t) for t in times]
+    passes = [lambda run=run: run(sources, 1) for run in runs]
+    return [ms / len(sources) for ms in interleaved_median_ms(passes, device, repeats)]
 
 
 def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),

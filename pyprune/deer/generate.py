@@ -2,8 +2,9 @@
 
 The source and the CTC slots go through the encoder in one pass, which
 keeps the source's keys and values (``DeerModel.encode_with_target``); the
-three passes of each edit iteration run only the target rows against them. With ``adaptive=True`` a row
-leaves the batch once an iteration leaves it unchanged.
+three passes of each edit iteration run only the target rows against them.
+With ``adaptive=True`` a row leaves the batch once an iteration leaves it
+unchanged.
 """
 from __future__ import annotations
 
