@@ -11,7 +11,8 @@ import transformers
 from pyprune.deer import Deer, DeerObjective
 from pyprune.deer.baseline import AutoregressiveBaseline, train_baseline
 from pyprune.deer.generate import fill_words, generate_ids, pad_rows
-from pyprune.deer.losses import content, glance, random_deletion
+from pyprune.deer.losses import (PENALTY_GRID, content, ctc_draft_tokens, glance, length_matching_penalty,
+                                 random_deletion)
 from pyprune.deer.train import TrainConfig, encode_pairs, set_dropout, target_vocabulary, train
 from pyprune.ops import apply_ins_words, get_ins_targets
 
@@ -169,13 +170,56 @@ def test_objective_has_every_term_and_reaches_every_part(tokenizer):
     objective = DeerObjective(deer.model, deer.pruning)
     deer.model.train()
     losses = objective(*batch(deer), glance_ratio=0.5, generator=torch.Generator().manual_seed(0))
-    assert set(losses) == {"ctc", "placeholder", "insertion", "deletion", "regularizer", "loss"}
+    assert set(losses) == {"ctc", "placeholder", "insertion", "deletion", "regularizer", "loss", "length_penalty"}
     assert all(math.isfinite(float(v)) for v in losses.values())
+    assert not losses["length_penalty"].requires_grad
     losses["loss"].backward()
     m = deer.model
     for p in (m.blank, m.output_bias, m.delete_head.weight, m.placeholder_head.weight,
               m.encoder.embeddings.word_embeddings.weight, deer.pruning.attention_scores[0], deer.pruning.ffn_scores[0]):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_length_matching_penalty_equals_decoding_at_every_penalty(tokenizer):
+    model = make(tokenizer).model
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        n_slots = torch.randint(1, 9, (3,), generator=generator)
+        logits = torch.randn(3, 8, 4, generator=generator) * 2
+        logits[..., 1:] = logits[..., 1:].round()           # ties and repeats between neighbouring frames
+        references = torch.randint(0, 9, (3,), generator=generator)
+        lengths = torch.stack([ctc_draft_tokens(model, logits, n_slots, float(p)).ne(model.config.pad_id).sum() - 2 * 3
+                               for p in PENALTY_GRID])
+        gap = (lengths - references.sum()).abs()
+        expected = PENALTY_GRID[int(gap.argmin())]
+        assert length_matching_penalty(logits, n_slots, references) == float(expected), trial
+    # A positive penalty lengthens the draft, a negative one shortens it.
+    logits = torch.zeros(1, 6, 4)
+    logits[0, :, 0] = 1.0                                    # blank by 1 everywhere
+    logits[0, :, 1:] = torch.tensor([0.5, 0.0, 0.0])        # the same best word in every frame
+    logits[0, 3, 2] = 0.9                                    # ... but another in the fourth
+    drafts = [ctc_draft_tokens(model, logits, torch.tensor([6]), p)[0, 1:-1] for p in (0.0, 0.2, 0.6)]
+    assert [len(d) for d in drafts] == [0, 1, 3]            # p 0.2: frame 4 only; p 0.6: frames 1-3 collapse, 4, 5-6
+    assert length_matching_penalty(logits, torch.tensor([6]), torch.tensor([3])) == 0.5
+
+
+def test_editor_drafts_come_from_the_slots_with_nothing_revealed(tokenizer, monkeypatch):
+    from pyprune.deer import losses as losses_module
+    deer = make(tokenizer)
+    seen = []
+    original = losses_module.ctc_draft_tokens
+    monkeypatch.setattr(losses_module, "ctc_draft_tokens",
+                        lambda model, logits, n, p: seen.append((logits, p)) or original(model, logits, n, p))
+    objective = DeerObjective(deer.model, None, losses_module.LossConfig(draft_prob=1.0))
+    sources, targets = batch(deer)
+    objective(sources, targets, glance_ratio=1.0, generator=torch.Generator().manual_seed(0), blank_penalty=0.75)
+    (logits, penalty), = seen
+    m = deer.model
+    lengths = sources.ne(m.config.pad_id).sum(1)
+    with torch.no_grad():
+        plain = m.vocab_logits(m.decode_target(m.encode_source(sources), m.ctc_slots(sources, lengths)))
+    torch.testing.assert_close(logits, plain)
+    assert penalty == 0.75
 
 
 def _trained(tokenizer, tmp_path, steps=120, **kw):
@@ -207,6 +251,14 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     three = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=2, batch_size=3)
     assert one == three
     assert deer.generate([], max_iter=1) == []
+    # Training kept a blank penalty per keep ratio; generate decodes with it unless given one.
+    assert set(deer.blank_penalty) == set(deer.keep_ratios)
+    assert all(PENALTY_GRID[0] <= p <= PENALTY_GRID[-1] for p in deer.blank_penalty.values())
+    trained = deer.penalty(0.5)
+    deer.blank_penalty[0.5] = -100.0                         # a blank everywhere: empty drafts
+    assert deer.generate(SOURCES, max_iter=0, keep=0.5) == ["", "", ""]
+    assert deer.generate(SOURCES, max_iter=0, keep=0.5, blank_penalty=trained) == outputs[0.5, 0, True]
+    deer.blank_penalty[0.5] = trained
     # The evaluation table: every keep x iterations row, real BLEU against the references.
     from pyprune.deer.evaluate import bleu, evaluate, format_table
     result = evaluate(deer, list(zip(SOURCES, TARGETS)), keeps=(1.0, 0.5), iterations=(0, 1),
@@ -216,9 +268,13 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     assert all(r["ms_batch1"] > 0 and r["ms_batch32"] > 0 for r in result["rows"])
     lengths = [len(ids) - 2 for ids in deer.encode(TARGETS)]
     assert result["reference_tokens"] == pytest.approx(sum(lengths) / 3)
-    drafts = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=0)
+    drafts = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=0, blank_penalty=deer.penalty(1.0))
     assert result["rows"][0]["tokens"] == pytest.approx(sum(map(len, drafts)) / 3) and drafts[0]
+    assert [r["blank_penalty"] for r in result["rows"]] == [deer.penalty(1.0)] * 2 + [deer.penalty(0.5)] * 2
     assert format_table(result).count("| DEER |") == 4
+    override = evaluate(deer, list(zip(SOURCES, TARGETS)), keeps=(1.0,), iterations=(0,), latency_sentences=1,
+                        progress=False, blank_penalty=-100.0)
+    assert override["rows"][0]["tokens"] == 0 and override["rows"][0]["blank_penalty"] == -100.0
     assert result["copy_bleu"] == pytest.approx(bleu(SOURCES, TARGETS)) and result["copy_bleu"] < 5
     pytest.importorskip("matplotlib")
     from pyprune.deer.evaluate import plot
@@ -271,6 +327,7 @@ def test_checkpoint_resume_continues_exactly(tokenizer, tmp_path):
         torch.testing.assert_close(a, b, msg=name)
     for a, b in zip(straight.pruning.state_dict().values(), resumed.pruning.state_dict().values()):
         torch.testing.assert_close(a, b)
+    assert resumed.blank_penalty == pytest.approx(straight.blank_penalty) and straight.blank_penalty
     again, _ = Deer.load(run)
     assert again.generate(SOURCES, max_iter=1) == resumed.generate(SOURCES, max_iter=1)
 
@@ -297,6 +354,8 @@ def test_bad_inputs_raise_clear_errors(tokenizer, tmp_path):
         deer.generate(SOURCES, keep=0.6)
     with pytest.raises(ValueError, match="max_iter"):
         deer.generate(SOURCES, max_iter=-1)
+    with pytest.raises(ValueError, match="blank_penalty"):
+        deer.generate(SOURCES, blank_penalty=float("nan"))
     with pytest.raises(ValueError, match="sources"):
         deer.generate("a string, not a list")
     with pytest.raises(ValueError, match="keep"):
@@ -360,7 +419,8 @@ def _ddp_worker(rank, world, init, out, tokenizer):
         pairs = encode_pairs(deer, list(zip(SOURCES, TARGETS)) * 2)
         train(deer, pairs, str(out), TrainConfig(steps=3, batch_size=3, lr=1e-3, checkpoint_every=1000),
               progress=False)
-        torch.save({k: v.clone() for k, v in deer.model.state_dict().items()}, str(out / f"rank{rank}.pt"))
+        torch.save({**{k: v.clone() for k, v in deer.model.state_dict().items()},
+                    "blank_penalty": torch.tensor(sorted(deer.blank_penalty.items()))}, str(out / f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 

@@ -27,10 +27,19 @@ class Deer:
     strings; ``keep`` selects one of the trained sub-networks, compacted (FFN
     neurons and dead heads removed, block-sparse attention projections) so
     that a smaller keep ratio is also faster.
+
+    ``blank_penalty`` maps each keep ratio to the CTC blank penalty its
+    drafts are decoded with: training tracks, as a moving average, the
+    penalty that makes the drafts of each batch as long as its references
+    (``observe_length_penalty``); a keep ratio not trained yet has 0.
     """
+
+    # Weight of the running blank penalty against each new batch's (an average over about ten batches).
+    PENALTY_DECAY = 0.9
 
     def __init__(self, model: DeerModel, tokenizer, pruning: Optional[BlockMovementPruning] = None) -> None:
         self.model, self.tokenizer, self.pruning = model, tokenizer, pruning
+        self.blank_penalty: dict[float, float] = {}
         self._subnetworks: dict = {}
 
     # ------------------------------------------------------------ construction
@@ -61,6 +70,25 @@ class Deer:
     def keep_ratios(self) -> list[float]:
         return list(self.pruning.keep_ratios) if self.pruning is not None else [1.0]
 
+    # ------------------------------------------------------------ draft length
+    def penalty(self, keep: float = 1.0) -> float:
+        """The blank penalty of keep ratio `keep` (0 before training has observed it)."""
+        return self.blank_penalty.get(self._keep(keep), 0.0)
+
+    def observe_length_penalty(self, keep: float, penalty: float) -> None:
+        """Fold one training batch's length-matching blank penalty into keep ratio `keep`'s running one."""
+        keep = self._keep(keep)
+        old = self.blank_penalty.get(keep)
+        self.blank_penalty[keep] = penalty if old is None else \
+            self.PENALTY_DECAY * old + (1 - self.PENALTY_DECAY) * penalty
+
+    def _keep(self, keep: float) -> float:
+        if self.pruning is None:
+            if keep != 1.0:
+                fail("keep", "1.0 (this model was trained without pruning)", keep)
+            return 1.0
+        return self.pruning.keep_ratio(keep)
+
     # ------------------------------------------------------------ sub-networks
     def clear_cache(self) -> None:
         """Forget compacted sub-networks (call after the weights or scores change)."""
@@ -68,11 +96,9 @@ class Deer:
 
     def sub_network(self, keep: float = 1.0) -> DeerModel:
         """The model at keep ratio `keep`, compacted, in eval mode (cached until ``clear_cache``)."""
+        keep = self._keep(keep)
         if self.pruning is None:
-            if keep != 1.0:
-                fail("keep", "1.0 (this model was trained without pruning)", keep)
             return self.model.eval()
-        keep = self.pruning.keep_ratio(keep)
         if keep not in self._subnetworks:
             with torch.no_grad():
                 if keep == 1.0:
@@ -102,11 +128,14 @@ class Deer:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
 
     def generate(self, sources: Sequence[str], max_iter: int = 2, adaptive: bool = True, keep: float = 1.0,
-                 batch_size: int = 32) -> list[str]:
-        """Translate/generate for each source string: CTC draft, then up to `max_iter` edit iterations."""
+                 batch_size: int = 32, blank_penalty: Optional[float] = None) -> list[str]:
+        """Translate/generate for each source string: CTC draft, then up to `max_iter` edit iterations.
+        `blank_penalty`: the draft's (None: the one training matched to the references, ``penalty(keep)``)."""
         ids = self.encode(sources)
-        return self.decode(generate_ids(self.sub_network(keep), ids, max_iter=max_iter, adaptive=adaptive,
-                                        batch_size=batch_size))
+        model = self.sub_network(keep)
+        penalty = self.penalty(keep) if blank_penalty is None else blank_penalty
+        return self.decode(generate_ids(model, ids, max_iter=max_iter, adaptive=adaptive, batch_size=batch_size,
+                                        blank_penalty=penalty))
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -115,7 +144,8 @@ class Deer:
                 "keep_ratios": self.keep_ratios if self.pruning is not None else None,
                 "model": self.model.state_dict(),
                 "pruning": self.pruning.state_dict() if self.pruning is not None else None,
-                "pruning_steps": self.pruning.steps if self.pruning is not None else 0}
+                "pruning_steps": self.pruning.steps if self.pruning is not None else 0,
+                "blank_penalty": dict(self.blank_penalty)}
 
     def save(self, path: str, extra: Optional[dict] = None) -> None:
         """Write `path`/checkpoint.pt atomically (and the tokenizer once, beside it)."""
@@ -155,4 +185,6 @@ class Deer:
             model.load_state_dict(state["model"])
         except RuntimeError as error:
             raise ValueError(f"path: checkpoint does not match its own configuration: {error}") from None
-        return cls(model, tokenizer, pruning), state
+        deer = cls(model, tokenizer, pruning)
+        deer.blank_penalty = {float(k): float(v) for k, v in state.get("blank_penalty", {}).items()}
+        return deer, state

@@ -132,24 +132,29 @@ def cmd_generate(args) -> int:
     lines = [line.strip() for line in (open(args.input) if args.input else sys.stdin) if line.strip()]
     for start in range(0, len(lines), args.batch_size):
         chunk = lines[start:start + args.batch_size]
-        for out in deer.generate(chunk, max_iter=args.iterations, keep=args.keep, batch_size=args.batch_size):
+        for out in deer.generate(chunk, max_iter=args.iterations, keep=args.keep, batch_size=args.batch_size,
+                                 blank_penalty=args.blank_penalty):
             print(out)
     return 0
 
 
-def run_evaluation(run: str, data: str, split: str, keeps, iterations, latency_sentences: int, limit=None) -> str:
+def run_evaluation(run: str, data: str, split: str, keeps, iterations, latency_sentences: int, limit=None,
+                   blank_penalty=None, out=None) -> str:
+    """Evaluate run directory `run`; the table, JSON and plot go to `out` (default: `run`)."""
     from ..data.parallel import read_split
     from .api import Deer
     from .evaluate import evaluate, format_table, plot
     deer, state = Deer.load(run)
     pairs = read_split(_data_dir(data), split)[:limit]
     result = evaluate(deer, pairs, keeps=keeps, iterations=iterations, baseline=_load_baseline(run, deer),
-                      latency_sentences=latency_sentences)
+                      latency_sentences=latency_sentences, blank_penalty=blank_penalty)
     result["train_steps"] = state.get("step")
     table = format_table(result)
-    atomic_write_text(os.path.join(run, "results.json"), json.dumps(result, indent=2))
-    atomic_write_text(os.path.join(run, "results.md"), table + "\n")
-    if not plot(result, os.path.join(run, "results.png")):
+    out = out or run
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(os.path.join(out, "results.json"), json.dumps(result, indent=2))
+    atomic_write_text(os.path.join(out, "results.md"), table + "\n")
+    if not plot(result, os.path.join(out, "results.png")):
         print("(no plot: pip install matplotlib to get results.png)", file=sys.stderr)
     return table
 
@@ -158,7 +163,7 @@ def cmd_evaluate(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(run_evaluation(args.model, args.data, args.split, args.keeps, args.iterations, args.latency_sentences,
-                         args.limit))
+                         args.limit, args.blank_penalty, args.out))
     return 0
 
 
@@ -198,6 +203,8 @@ def main(argv=None) -> int:
     gen.add_argument("--keep", type=float, default=1.0)
     gen.add_argument("--iterations", type=int, default=2)
     gen.add_argument("--batch-size", type=int, default=32)
+    penalty_help = "subtract this from the CTC blank's logit for every draft (default: the trained penalty of the keep)"
+    gen.add_argument("--blank-penalty", type=float, default=None, help=penalty_help)
     ev = commands.add_parser("evaluate", help="BLEU and latency per keep ratio x iterations (+ AR baseline)")
     ev.add_argument("--model", required=True, help="run directory")
     ev.add_argument("--data", default="default")
@@ -207,6 +214,8 @@ def main(argv=None) -> int:
     ev.add_argument("--latency-sentences", type=int, default=50)
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
     ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--blank-penalty", type=float, default=None, help=penalty_help)
+    ev.add_argument("--out", default=None, help="write results.md/.json/.png here (default: the run directory)")
     args = parser.parse_args(argv)
     return {"prepare-data": cmd_prepare, "train": cmd_train, "generate": cmd_generate,
             "evaluate": cmd_evaluate}[args.command](args)

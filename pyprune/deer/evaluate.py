@@ -45,8 +45,9 @@ def _batch1_ms(runs: Sequence, sources, device: str, repeats: int) -> list[float
 
 def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
              iterations: Sequence[int] = (0, 1, 2), baseline: Optional[AutoregressiveBaseline] = None,
-             latency_sentences: int = 50, progress: bool = True) -> dict:
-    """One row per (keep, iterations) and one for the baseline: BLEU, ms/sentence at batch 1 and 32, params."""
+             latency_sentences: int = 50, progress: bool = True, blank_penalty: Optional[float] = None) -> dict:
+    """One row per (keep, iterations) and one for the baseline: BLEU, ms/sentence at batch 1 and 32, params.
+    DEER's drafts use each keep ratio's trained blank penalty (``Deer.penalty``), or `blank_penalty` for all."""
     from tqdm.auto import tqdm
     sources = deer.encode([s for s, _ in pairs])
     references = [t for _, t in pairs]
@@ -65,9 +66,11 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
     for keep, iters in tqdm([(k, i) for k in keeps for i in iterations], desc="evaluating DEER",
                             disable=not progress):
         model = deer.sub_network(keep)
-        measure({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True)},
-                lambda src, batch_size, model=model, iters=iters: generate_ids(model, src, max_iter=iters,
-                                                                                 batch_size=batch_size))
+        penalty = deer.penalty(keep) if blank_penalty is None else blank_penalty
+        measure({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True),
+                 "blank_penalty": penalty},
+                lambda src, batch_size, model=model, iters=iters, penalty=penalty: generate_ids(
+                    model, src, max_iter=iters, batch_size=batch_size, blank_penalty=penalty))
     if baseline is not None:
         measure({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)", "keep": 1.0,
                  "iterations": None, "params": count_parameters(baseline)},
@@ -85,14 +88,16 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
 def format_table(result: dict) -> str:
     def cells(r: dict) -> list[str]:
         iters = "-" if r["iterations"] is None else ("0 (CTC only)" if r["iterations"] == 0 else str(r["iterations"]))
-        return [r["model"], f"{r['keep']:g}", iters, f"{r['params'] / 1e6:.1f}M", f"{r['bleu']:.2f}",
+        penalty = "-" if r.get("blank_penalty") is None else f"{r['blank_penalty']:.2f}"
+        return [r["model"], f"{r['keep']:g}", iters, penalty, f"{r['params'] / 1e6:.1f}M", f"{r['bleu']:.2f}",
                 f"{r['tokens']:.1f}", f"{r['ms_batch1']:.1f}", f"{r['ms_batch32']:.2f}"]
     lines = [f"{result['date']} | {result['device']}, {result['threads']} threads | BLEU (sacrebleu, lowercased) "
              f"on {result['sentences']} test sentences | latency: ms per sentence, batch 1 over the first "
              f"{result['latency_sentences']}, batch 32 over all | the sources copied unchanged score "
              f"{result['copy_bleu']:.2f} BLEU | tokens: output tokens per sentence (the references: "
-             f"{result['reference_tokens']:.1f}); a longer output takes the autoregressive decoder more steps", ""]
-    lines += markdown_table(["model", "keep", "edit iterations", "parameters", "BLEU", "tokens", "ms/sent batch 1",
+             f"{result['reference_tokens']:.1f}); a longer output takes the autoregressive decoder more steps | "
+             f"blank penalty: subtracted from the CTC blank's logit for the draft", ""]
+    lines += markdown_table(["model", "keep", "edit iterations", "blank penalty", "parameters", "BLEU", "tokens", "ms/sent batch 1",
                              "ms/sent batch 32"], map(cells, result["rows"]))
     return "\n".join(lines)
 

@@ -4,18 +4,21 @@ The source and the CTC slots go through the encoder in one pass, which
 keeps the source's keys and values (``DeerModel.encode_with_target``); the
 three passes of each edit iteration run only the target rows against them.
 With ``adaptive=True`` a row leaves the batch once an iteration leaves it
-unchanged.
+unchanged. ``blank_penalty`` lengthens (positive) or shortens the draft; a
+trained ``Deer`` keeps, per keep ratio, the one that matched the references'
+length during training (``Deer.blank_penalty``).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .._validation import fail
-from ..ops import apply_del_words, apply_ins_masks, apply_ins_words, ctc_greedy_decode
-from .losses import frame
+from ..ops import apply_del_words, apply_ins_masks, apply_ins_words
+from .losses import ctc_draft_tokens
 from .model import DeerModel
 
 
@@ -48,14 +51,14 @@ def _same(a: Tensor, b: Tensor, pad_id: int) -> Tensor:
 
 
 @torch.no_grad()
-def ctc_draft(model: DeerModel, sources: Tensor):
+def ctc_draft(model: DeerModel, sources: Tensor, blank_penalty: float = 0.0):
     """(the source cache, [bos] greedy CTC output [eos] per row, padded): the source and the CTC slots go
-    through the encoder together (``DeerModel.encode_with_target``)."""
+    through the encoder together (``DeerModel.encode_with_target``); `blank_penalty` is subtracted from the
+    blank's logit before the greedy choice (``ctc_draft_tokens``)."""
     lengths = sources.ne(model.config.pad_id).sum(1)
     n = model.num_slots(lengths)
     cache, h = model.encode_with_target(sources, model.ctc_slots(sources, lengths))
-    classes, out_lengths = ctc_greedy_decode(model.vocab_logits(h), n, blank=0, batch_first=True)
-    return cache, frame(model.to_tokens(classes), out_lengths, model, model.max_positions)
+    return cache, ctc_draft_tokens(model, model.vocab_logits(h), n, blank_penalty)
 
 
 @torch.no_grad()
@@ -104,12 +107,15 @@ def edit_once(model: DeerModel, cache, tokens: Tensor) -> Tensor:
 
 @torch.no_grad()
 def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: int = 2, adaptive: bool = True,
-                 batch_size: int = 32) -> list[list[int]]:
+                 batch_size: int = 32, blank_penalty: float = 0.0) -> list[list[int]]:
     """Token ids in, token ids out (without [bos]/[eos]); `sources` rows are framed [bos] x [eos]."""
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         fail("max_iter", "a number of edit iterations >= 0", max_iter)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         fail("batch_size", "a positive integer", batch_size)
+    if isinstance(blank_penalty, bool) or not isinstance(blank_penalty, (int, float)) \
+            or not math.isfinite(blank_penalty):
+        fail("blank_penalty", "a finite number", blank_penalty)
     if len(sources) == 0:
         return []
     c = model.config
@@ -117,7 +123,7 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
     device = model.output_bias.device
     results: list = [None] * len(sources)
     for index, batch in sorted_batches(sources, batch_size, c.pad_id, device):
-        cache, tokens = ctc_draft(model, batch)
+        cache, tokens = ctc_draft(model, batch, blank_penalty)
         active = torch.arange(len(index), device=device)
         for _ in range(max_iter):
             current = _trim(tokens[active], c.pad_id)

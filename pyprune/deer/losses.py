@@ -58,6 +58,41 @@ def frame(tokens: Tensor, lengths: Tensor, model: DeerModel, max_width: Optional
     return out.masked_fill(pos == lengths[:, None] + 1, c.eos_id)
 
 
+def ctc_draft_tokens(model: DeerModel, logits: Tensor, n_slots: Tensor, blank_penalty: float = 0.0) -> Tensor:
+    """The greedy CTC draft of `logits` as [bos] tokens [eos] rows, with `blank_penalty` subtracted from the
+    blank's logit first (a positive penalty gives longer drafts)."""
+    if blank_penalty:
+        logits = logits.clone()
+        logits[..., 0] -= blank_penalty
+    classes, lengths = ctc_greedy_decode(logits, n_slots, blank=0, batch_first=True)
+    return frame(model.to_tokens(classes), lengths, model, model.max_positions)
+
+
+# Blank penalties ``length_matching_penalty`` chooses from.
+PENALTY_GRID = torch.arange(-4.0, 8.001, 0.125)
+
+
+@torch.no_grad()
+def length_matching_penalty(logits: Tensor, n_slots: Tensor, label_lengths: Tensor) -> float:
+    """The blank penalty (of ``PENALTY_GRID``) whose greedy drafts of `logits` are, summed over the batch,
+    closest in length to the references (`label_lengths`); the smallest such penalty on a tie.
+
+    A frame is emitted under penalty p when the blank's logit minus p falls below the best other class's, and
+    counts unless it repeats the class of an emitted frame just before it (CTC's collapse), so every penalty
+    of the grid is scored from one pass over the logits.
+    """
+    best, label = logits[..., 1:].max(-1)
+    margin = logits[..., 0] - best                                            # (B, T)
+    valid = torch.arange(logits.shape[1], device=logits.device)[None] < n_slots[:, None]
+    grid = PENALTY_GRID.to(logits.device)
+    emitted = (margin[None] <= grid[:, None, None]) & valid                  # (G, B, T)
+    repeat = torch.zeros_like(emitted)
+    repeat[..., 1:] = emitted[..., :-1] & (label[:, 1:] == label[:, :-1])
+    lengths = (emitted & ~repeat).sum((1, 2))
+    gap = (lengths - label_lengths.sum()).abs()
+    return float(grid[int(torch.argmin(gap))])              # argmin returns the first (smallest) penalty on a tie
+
+
 def random_deletion(targets: Tensor, model: DeerModel, generator: Optional[torch.Generator] = None) -> Tensor:
     """Delete each content token with a per-row probability drawn from U(0, 1) (bos/eos kept), left-packed."""
     c = model.config
@@ -100,7 +135,10 @@ class DeerObjective(nn.Module):
         self.config = config or LossConfig()
 
     def forward(self, sources: Tensor, targets: Tensor, glance_ratio: float = 0.0,
-                generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+                generator: Optional[torch.Generator] = None, blank_penalty: float = 0.0) -> dict[str, Tensor]:
+        """The losses ("loss": their sum) and "length_penalty": the blank penalty that would have made this
+        batch's drafts as long as its references (``length_matching_penalty``; not a loss). The editor's
+        drafts, when used, are decoded with `blank_penalty`, as at test time."""
         model, c, cfg = self.model, self.model.config, self.config
         cache = model.encode_source(sources)
         source_lengths = sources.ne(c.pad_id).sum(1)
@@ -108,20 +146,22 @@ class DeerObjective(nn.Module):
         slots = model.ctc_slots(sources, source_lengths)
         labels, label_lengths = content(targets, model)
         matrix = model.output_matrix()          # one gather (and one scatter in backward) per step
+        plain = None                            # the logits of the slots as at test time (nothing revealed)
         if glance_ratio > 0:
             with torch.no_grad():
-                first = model.vocab_logits(model.decode_target(cache, slots), matrix.detach())
-            slots = glance(model, first, slots, n_slots, labels, label_lengths, glance_ratio, generator)
+                plain = model.vocab_logits(model.decode_target(cache, slots), matrix.detach())
+            slots = glance(model, plain, slots, n_slots, labels, label_lengths, glance_ratio, generator)
         logits = model.vocab_logits(model.decode_target(cache, slots), matrix)
+        if plain is None:
+            plain = logits
         losses = {"ctc": ctc_loss_from_logits(logits, labels, n_slots, label_lengths, blank=0, zero_infinity=True,
                                               label_smoothing=cfg.ctc_smoothing, batch_first=True)}
 
         use_drafts = cfg.draft_prob > 0 and float(torch.rand((), generator=generator)) < cfg.draft_prob
         if use_drafts:
-            # The editor's input at test time: the CTC draft. Deletion learns on
-            # it directly; insertion on the draft after the oracle deletions.
-            drafts, lengths = ctc_greedy_decode(logits.detach(), n_slots, blank=0, batch_first=True)
-            drafted = frame(model.to_tokens(drafts), lengths, model, model.max_positions)
+            # The editor's input at test time: the CTC draft, from the slots with nothing revealed. Deletion
+            # learns on it directly; insertion on the draft after the oracle deletions.
+            drafted = ctc_draft_tokens(model, plain.detach(), n_slots, blank_penalty)
             deletion_input = drafted
             wrong = self._deletion_labels(drafted, targets)
             y_del, _, _ = apply_del_words(drafted, None, None, wrong, c.pad_id, c.bos_id, c.eos_id)
@@ -153,6 +193,7 @@ class DeerObjective(nn.Module):
         if self.pruning is not None and cfg.regularizer:
             losses["regularizer"] = cfg.regularizer * self.pruning.regularizer()
         losses["loss"] = sum(losses.values())
+        losses["length_penalty"] = torch.tensor(length_matching_penalty(plain.detach(), n_slots, label_lengths))
         return losses
 
     def _deletion_labels(self, drafts: Tensor, targets: Tensor) -> Tensor:

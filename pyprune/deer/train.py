@@ -3,7 +3,9 @@
 ``train(deer, pairs, out, config)`` runs Algorithm 1 for ``config.steps``
 updates: each step samples a keep ratio (dynamic block pruning), computes
 the joint loss (``DeerObjective``) with the glancing ratio annealed 0.5 ->
-0.2, and updates weights, heads and movement scores. A checkpoint
+0.2, updates weights, heads and movement scores, and folds the batch's
+length-matching blank penalty into that keep ratio's running one
+(``Deer.observe_length_penalty``: the editor's drafts and decoding use it). A checkpoint
 (``Deer.save``: model, scores, optimiser, schedule, step, random states) is
 written atomically every ``checkpoint_every`` steps and at the end; calling
 ``train`` again on the same directory resumes from it.
@@ -166,10 +168,9 @@ def train(deer: Deer, pairs: Sequence[tuple[list[int], list[int]]], out: str, co
         index = batch[rank::world]
         sources = pad_rows([pairs[i][0] for i in index], pad).to(device)
         targets = pad_rows([pairs[i][1] for i in index], pad).to(device)
-        if deer.pruning is not None:
-            deer.pruning.sample_sparsity(rng)
+        keep = deer.pruning.sample_sparsity(rng) if deer.pruning is not None else 1.0
         ratio = glance_ratio(step, config.steps, config.glance_start, config.glance_end)
-        result = module(sources, targets, glance_ratio=ratio, generator=generator)
+        result = module(sources, targets, glance_ratio=ratio, generator=generator, blank_penalty=deer.penalty(keep))
         optimizer.zero_grad(set_to_none=True)
         result["loss"].backward()
         optimizer.step()
@@ -177,6 +178,11 @@ def train(deer: Deer, pairs: Sequence[tuple[list[int], list[int]]], out: str, co
         if deer.pruning is not None:
             deer.pruning.step()
         step += 1
+        length_penalty = result.pop("length_penalty")
+        if world > 1:                   # every rank keeps the same running penalty
+            dist.all_reduce(length_penalty)
+            length_penalty /= world
+        deer.observe_length_penalty(keep, float(length_penalty))
         losses = {k: round(float(v.detach()), 4) for k, v in result.items()}
         bar.update(1)
         bar.set_postfix(loss=f"{losses['loss']:.3f}", ctc=f"{losses['ctc']:.3f}")
