@@ -280,6 +280,21 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     from pyprune.deer.evaluate import plot
     assert plot(result, str(tmp_path / "results.png"))
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Inference in bfloat16: a cached copy (the model stays float32), its CTC logits close to float32's.
+    half = deer.sub_network(0.5, torch.bfloat16)
+    assert half.output_bias.dtype == torch.bfloat16 and deer.sub_network(0.5, torch.bfloat16) is half
+    assert deer.sub_network(0.5).output_bias.dtype == torch.float32 == deer.model.output_bias.dtype
+    sources = pad_rows(deer.encode(SOURCES), deer.model.config.pad_id)
+    lengths = sources.ne(deer.model.config.pad_id).sum(1)
+    with torch.no_grad():
+        logits = [m.vocab_logits(m.encode_with_target(sources, m.ctc_slots(sources, lengths))[1]).float()
+                  for m in (deer.sub_network(0.5), half)]
+    torch.testing.assert_close(logits[1], logits[0], atol=0.1 * float(logits[0].abs().max()), rtol=0)
+    for keep in (1.0, 0.5):
+        out = deer.generate(SOURCES, max_iter=2, keep=keep, dtype=torch.bfloat16)
+        assert len(out) == 3 and all(isinstance(s, str) for s in out)
+    assert evaluate(deer, list(zip(SOURCES, TARGETS)), keeps=(0.5,), iterations=(1,), latency_sentences=1,
+                    progress=False, dtype=torch.bfloat16)["dtype"] == "bfloat16"
     # Smaller keep ratios are smaller models.
     from pyprune.pruning import count_parameters
     sizes = [count_parameters(deer.sub_network(k), live=True) for k in deer.keep_ratios]
@@ -356,6 +371,8 @@ def test_bad_inputs_raise_clear_errors(tokenizer, tmp_path):
         deer.generate(SOURCES, max_iter=-1)
     with pytest.raises(ValueError, match="blank_penalty"):
         deer.generate(SOURCES, blank_penalty=float("nan"))
+    with pytest.raises(ValueError, match="dtype"):
+        deer.generate(SOURCES, dtype=torch.int8)
     with pytest.raises(ValueError, match="sources"):
         deer.generate("a string, not a list")
     with pytest.raises(ValueError, match="keep"):
@@ -434,3 +451,34 @@ def test_data_parallel_training_keeps_ranks_in_step(tokenizer, tmp_path):
     for k in a:                                                            # both ranks hold the same weights
         torch.testing.assert_close(a[k], b[k], msg=k)
     assert (tmp_path / "checkpoint.pt").is_file()                         # rank 0 wrote the checkpoint
+
+
+def test_command_line_train_generate_evaluate(tokenizer, tmp_path, capsys, monkeypatch):
+    from pyprune.deer.cli import main
+    backbone = tmp_path / "backbone"
+    make(tokenizer).model.encoder.save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        (data / f"{split}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(SOURCES, TARGETS)))
+    run = tmp_path / "run"
+    assert main(["train", "--backbone", str(backbone), "--data", str(data), "--out", str(run), "--steps", "4",
+                 "--batch-size", "3", "--draft-prob", "1", "--baseline-steps", "2"]) == 0
+    deer, state = Deer.load(str(run))
+    assert state["step"] == 4 and set(deer.blank_penalty) <= set(deer.keep_ratios) and deer.blank_penalty
+    assert (run / "baseline.pt").is_file()
+    capsys.readouterr()
+    sources = tmp_path / "sources.txt"
+    sources.write_text("\n".join(SOURCES) + "\n")
+    assert main(["generate", "--model", str(run), "--input", str(sources), "--keep", "0.5", "--iterations", "1",
+                 "--blank-penalty", "100", "--dtype", "bfloat16"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == deer.generate(SOURCES, max_iter=1, keep=0.5, blank_penalty=100.0, dtype=torch.bfloat16)
+    assert all(printed)                                  # penalty 100: a word in every slot, no empty line
+    report = tmp_path / "report"
+    assert main(["evaluate", "--model", str(run), "--data", str(data), "--keeps", "1", "0.25", "--iterations", "0",
+                 "--latency-sentences", "1", "--blank-penalty", "-100", "--out", str(report)]) == 0
+    table = (report / "results.md").read_text()
+    assert table.count("| DEER |") == 2 and "| -100.00 |" in table and "autoregressive" in table
+    assert not (run / "results.md").exists()            # --out: the run directory untouched

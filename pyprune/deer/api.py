@@ -94,9 +94,16 @@ class Deer:
         """Forget compacted sub-networks (call after the weights or scores change)."""
         self._subnetworks = {}
 
-    def sub_network(self, keep: float = 1.0) -> DeerModel:
-        """The model at keep ratio `keep`, compacted, in eval mode (cached until ``clear_cache``)."""
+    def sub_network(self, keep: float = 1.0, dtype: Optional[torch.dtype] = None) -> DeerModel:
+        """The model at keep ratio `keep`, compacted, in eval mode (cached until ``clear_cache``); `dtype`: a
+        copy in that floating-point type for inference (e.g. ``torch.bfloat16``; the model itself is not cast)."""
         keep = self._keep(keep)
+        if dtype is not None and dtype != self.model.output_bias.dtype:
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                fail("dtype", "a floating-point torch.dtype (e.g. torch.bfloat16)", dtype)
+            if (keep, dtype) not in self._subnetworks:
+                self._subnetworks[keep, dtype] = copy.deepcopy(self.sub_network(keep)).to(dtype).eval()
+            return self._subnetworks[keep, dtype]
         if self.pruning is None:
             return self.model.eval()
         if keep not in self._subnetworks:
@@ -128,11 +135,13 @@ class Deer:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
 
     def generate(self, sources: Sequence[str], max_iter: int = 2, adaptive: bool = True, keep: float = 1.0,
-                 batch_size: int = 32, blank_penalty: Optional[float] = None) -> list[str]:
+                 batch_size: int = 32, blank_penalty: Optional[float] = None,
+                 dtype: Optional[torch.dtype] = None) -> list[str]:
         """Translate/generate for each source string: CTC draft, then up to `max_iter` edit iterations.
-        `blank_penalty`: the draft's (None: the one training matched to the references, ``penalty(keep)``)."""
+        `blank_penalty`: the draft's (None: the one training matched to the references, ``penalty(keep)``);
+        `dtype`: compute in this floating-point type (``sub_network``)."""
         ids = self.encode(sources)
-        model = self.sub_network(keep)
+        model = self.sub_network(keep, dtype)
         penalty = self.penalty(keep) if blank_penalty is None else blank_penalty
         return self.decode(generate_ids(model, ids, max_iter=max_iter, adaptive=adaptive, batch_size=batch_size,
                                         blank_penalty=penalty))

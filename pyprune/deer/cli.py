@@ -133,13 +133,17 @@ def cmd_generate(args) -> int:
     for start in range(0, len(lines), args.batch_size):
         chunk = lines[start:start + args.batch_size]
         for out in deer.generate(chunk, max_iter=args.iterations, keep=args.keep, batch_size=args.batch_size,
-                                 blank_penalty=args.blank_penalty):
+                                 blank_penalty=args.blank_penalty, dtype=_dtype(args.dtype)):
             print(out)
     return 0
 
 
+def _dtype(name):
+    return None if name is None else getattr(torch, name)
+
+
 def run_evaluation(run: str, data: str, split: str, keeps, iterations, latency_sentences: int, limit=None,
-                   blank_penalty=None, out=None) -> str:
+                   blank_penalty=None, out=None, dtype=None) -> str:
     """Evaluate run directory `run`; the table, JSON and plot go to `out` (default: `run`)."""
     from ..data.parallel import read_split
     from .api import Deer
@@ -147,7 +151,7 @@ def run_evaluation(run: str, data: str, split: str, keeps, iterations, latency_s
     deer, state = Deer.load(run)
     pairs = read_split(_data_dir(data), split)[:limit]
     result = evaluate(deer, pairs, keeps=keeps, iterations=iterations, baseline=_load_baseline(run, deer),
-                      latency_sentences=latency_sentences, blank_penalty=blank_penalty)
+                      latency_sentences=latency_sentences, blank_penalty=blank_penalty, dtype=dtype)
     result["train_steps"] = state.get("step")
     table = format_table(result)
     out = out or run
@@ -163,7 +167,7 @@ def cmd_evaluate(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(run_evaluation(args.model, args.data, args.split, args.keeps, args.iterations, args.latency_sentences,
-                         args.limit, args.blank_penalty, args.out))
+                         args.limit, args.blank_penalty, args.out, _dtype(args.dtype)))
     return 0
 
 
@@ -205,6 +209,8 @@ def main(argv=None) -> int:
     gen.add_argument("--batch-size", type=int, default=32)
     penalty_help = "subtract this from the CTC blank's logit for every draft (default: the trained penalty of the keep)"
     gen.add_argument("--blank-penalty", type=float, default=None, help=penalty_help)
+    dtypes = ["float32", "bfloat16", "float16"]
+    gen.add_argument("--dtype", choices=dtypes, default=None, help="compute in this type (default: the model's)")
     ev = commands.add_parser("evaluate", help="BLEU and latency per keep ratio x iterations (+ AR baseline)")
     ev.add_argument("--model", required=True, help="run directory")
     ev.add_argument("--data", default="default")
@@ -215,6 +221,7 @@ def main(argv=None) -> int:
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
     ev.add_argument("--threads", type=int, default=None)
     ev.add_argument("--blank-penalty", type=float, default=None, help=penalty_help)
+    ev.add_argument("--dtype", choices=dtypes, default=None, help="DEER and the AR baseline compute in this type")
     ev.add_argument("--out", default=None, help="write results.md/.json/.png here (default: the run directory)")
     args = parser.parse_args(argv)
     return {"prepare-data": cmd_prepare, "train": cmd_train, "generate": cmd_generate,

@@ -1,6 +1,7 @@
 """Quality and speed of a trained DEER model: BLEU x keep ratio x edit iterations, latency, parameters."""
 from __future__ import annotations
 
+import copy
 import time
 from typing import Optional, Sequence
 
@@ -45,9 +46,11 @@ def _batch1_ms(runs: Sequence, sources, device: str, repeats: int) -> list[float
 
 def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
              iterations: Sequence[int] = (0, 1, 2), baseline: Optional[AutoregressiveBaseline] = None,
-             latency_sentences: int = 50, progress: bool = True, blank_penalty: Optional[float] = None) -> dict:
+             latency_sentences: int = 50, progress: bool = True, blank_penalty: Optional[float] = None,
+             dtype: Optional[torch.dtype] = None) -> dict:
     """One row per (keep, iterations) and one for the baseline: BLEU, ms/sentence at batch 1 and 32, params.
-    DEER's drafts use each keep ratio's trained blank penalty (``Deer.penalty``), or `blank_penalty` for all."""
+    DEER's drafts use each keep ratio's trained blank penalty (``Deer.penalty``), or `blank_penalty` for all.
+    `dtype`: DEER and the baseline both compute in this floating-point type (copies; default: their own)."""
     from tqdm.auto import tqdm
     sources = deer.encode([s for s, _ in pairs])
     references = [t for _, t in pairs]
@@ -65,13 +68,15 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
 
     for keep, iters in tqdm([(k, i) for k in keeps for i in iterations], desc="evaluating DEER",
                             disable=not progress):
-        model = deer.sub_network(keep)
+        model = deer.sub_network(keep, dtype)
         penalty = deer.penalty(keep) if blank_penalty is None else blank_penalty
         measure({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True),
                  "blank_penalty": penalty},
                 lambda src, batch_size, model=model, iters=iters, penalty=penalty: generate_ids(
                     model, src, max_iter=iters, batch_size=batch_size, blank_penalty=penalty))
     if baseline is not None:
+        if dtype is not None:
+            baseline = copy.deepcopy(baseline).to(dtype)
         measure({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)", "keep": 1.0,
                  "iterations": None, "params": count_parameters(baseline)},
                 lambda src, batch_size: baseline.generate_ids(src, batch_size=batch_size))
@@ -79,6 +84,7 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
         row["ms_batch1"] = ms
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
             "device": str(deer.model.output_bias.device), "sentences": len(pairs),
+            "dtype": str(dtype or deer.model.output_bias.dtype).replace("torch.", ""),
             "latency_sentences": len(timed), "copy_bleu": bleu([s for s, _ in pairs], references),
             "reference_tokens": _mean_length([t[1:-1] for t in deer.encode(references, name="references")]),
             "source_example": pairs[0][0] if pairs else "",
@@ -91,7 +97,8 @@ def format_table(result: dict) -> str:
         penalty = "-" if r.get("blank_penalty") is None else f"{r['blank_penalty']:.2f}"
         return [r["model"], f"{r['keep']:g}", iters, penalty, f"{r['params'] / 1e6:.1f}M", f"{r['bleu']:.2f}",
                 f"{r['tokens']:.1f}", f"{r['ms_batch1']:.1f}", f"{r['ms_batch32']:.2f}"]
-    lines = [f"{result['date']} | {result['device']}, {result['threads']} threads | BLEU (sacrebleu, lowercased) "
+    lines = [f"{result['date']} | {result['device']}, {result['threads']} threads, "
+             f"{result.get('dtype', 'float32')} | BLEU (sacrebleu, lowercased) "
              f"on {result['sentences']} test sentences | latency: ms per sentence, batch 1 over the first "
              f"{result['latency_sentences']}, batch 32 over all | the sources copied unchanged score "
              f"{result['copy_bleu']:.2f} BLEU | tokens: output tokens per sentence (the references: "
