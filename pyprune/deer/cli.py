@@ -230,13 +230,12 @@ def main(argv=None) -> int:
 
 # Step counts sized to the time limits on a 2-core CPU (about 1.2 s per DEER step of 16 pairs without
 # dropout, 0.5 s per baseline step, by the demo's progress bars), so the warm-up/decay schedule and the
-# glancing anneal run to their end; the limits stop a slower machine early (the schedule is then cut short). Slots copy the source (the task is
-# archaic -> modern English) and the editor learns on the model's own CTC drafts: of the settings tried on the
-# valid split (README), these gave the best CTC draft and the smallest loss from editing. On the valid split
-# edits start to help after about 500 steps (README), so the demo spends its minutes on DEER steps: no
-# dropout (450 steps of 16 pairs is about one epoch, and dropout costs time each step) and a short baseline:
-# in 150 steps it learns nothing usable and serves as the latency anchor (trained 2,400 steps, 19 minutes, it
-# reaches 54.6 BLEU, far above the demo's DEER: README).
+# glancing anneal run to their end; the limits stop a slower machine early (the schedule is then cut short).
+# Slots copy the source (the task is archaic -> modern English) and the editor learns on the model's own CTC
+# drafts: of the settings tried on the valid split (README), these gave the best CTC draft and the smallest
+# loss from editing. No dropout: 450 steps of 16 pairs is about one epoch, and dropout costs time each step.
+# The baseline gets a short run: in 150 steps it learns nothing usable and serves as the latency anchor
+# (trained 2,400 steps, 19 minutes, it reaches 54.6 BLEU, above the demo's DEER: README).
 DEMO = dict(steps=450, batch_size=16, time_limit=600.0, baseline_steps=150, baseline_time_limit=100.0,
             lr=2e-4, slots="copy", draft_prob=1.0, dropout=0.0)
 
