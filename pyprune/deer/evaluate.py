@@ -104,8 +104,8 @@ def format_table(result: dict) -> str:
              f"{result['copy_bleu']:.2f} BLEU | tokens: output tokens per sentence (the references: "
              f"{result['reference_tokens']:.1f}); a longer output takes the autoregressive decoder more steps | "
              f"blank penalty: subtracted from the CTC blank's logit for the draft", ""]
-    lines += markdown_table(["model", "keep", "edit iterations", "blank penalty", "parameters", "BLEU", "tokens", "ms/sent batch 1",
-                             "ms/sent batch 32"], map(cells, result["rows"]))
+    lines += markdown_table(["model", "keep", "edit iterations", "blank penalty", "parameters", "BLEU", "tokens",
+                             "ms/sent batch 1", "ms/sent batch 32"], map(cells, result["rows"]))
     return "\n".join(lines)
 
 
