@@ -73,9 +73,10 @@ PENALTY_GRID = torch.arange(-4.0, 8.001, 0.125)
 
 
 @torch.no_grad()
-def length_matching_penalty(logits: Tensor, n_slots: Tensor, label_lengths: Tensor) -> float:
-    """The blank penalty (of ``PENALTY_GRID``) whose greedy drafts of `logits` are, summed over the batch,
-    closest in length to the references (`label_lengths`); the smallest such penalty on a tie.
+def length_matching_penalty(logits: Tensor, n_slots: Tensor, label_lengths: Tensor) -> Tensor:
+    """The blank penalty (of ``PENALTY_GRID``; a 0-dim tensor on the logits' device) whose greedy drafts of
+    `logits` are, summed over the batch, closest in length to the references (`label_lengths`); the smallest
+    such penalty on a tie.
 
     A frame is emitted under penalty p when the blank's logit minus p falls below the best other class's, and
     counts unless it repeats the class of an emitted frame just before it (CTC's collapse), so every penalty
@@ -90,7 +91,7 @@ def length_matching_penalty(logits: Tensor, n_slots: Tensor, label_lengths: Tens
     repeat[..., 1:] = emitted[..., :-1] & (label[:, 1:] == label[:, :-1])
     lengths = (emitted & ~repeat).sum((1, 2))
     gap = (lengths - label_lengths.sum()).abs()
-    return float(grid[int(torch.argmin(gap))])              # argmin returns the first (smallest) penalty on a tie
+    return grid[torch.argmin(gap)]                          # argmin returns the first (smallest) penalty on a tie
 
 
 def random_deletion(targets: Tensor, model: DeerModel, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -193,7 +194,7 @@ class DeerObjective(nn.Module):
         if self.pruning is not None and cfg.regularizer:
             losses["regularizer"] = cfg.regularizer * self.pruning.regularizer()
         losses["loss"] = sum(losses.values())
-        losses["length_penalty"] = torch.tensor(length_matching_penalty(plain.detach(), n_slots, label_lengths))
+        losses["length_penalty"] = length_matching_penalty(plain.detach(), n_slots, label_lengths)
         return losses
 
     def _deletion_labels(self, drafts: Tensor, targets: Tensor) -> Tensor:

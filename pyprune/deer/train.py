@@ -179,7 +179,7 @@ def train(deer: Deer, pairs: Sequence[tuple[list[int], list[int]]], out: str, co
             deer.pruning.step()
         step += 1
         length_penalty = result.pop("length_penalty")
-        if world > 1:                   # every rank keeps the same running penalty
+        if world > 1:                   # every rank keeps the same running penalty (on the device: nccl)
             dist.all_reduce(length_penalty)
             length_penalty /= world
         deer.observe_length_penalty(keep, float(length_penalty))
