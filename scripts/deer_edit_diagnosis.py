@@ -2,7 +2,7 @@
 deletion pass only, after the insertion passes only (placeholders + fill), and after both (one iteration).
 
     python scripts/deer_edit_diagnosis.py RUN_DIR [--data default] [--split valid] [--limit 200] [--keep 1]
-                                          [--blank-penalty P]
+                                          [--blank-penalty P] [--deletion-penalty D] [--insertion-penalty I]
 
 Prints the four BLEU figures (sacrebleu, lowercased, as ``pyprune deer evaluate``), how many draft tokens the
 deletion classifier removes and how many tokens the iteration inserts after it.
@@ -25,25 +25,28 @@ def main() -> None:
     parser.add_argument("--split", default="valid")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--keep", type=float, default=1.0)
-    parser.add_argument("--blank-penalty", type=float, default=None, help="default: the trained one of the keep")
+    for name in ("blank", "deletion", "insertion"):
+        parser.add_argument(f"--{name}-penalty", type=float, default=None, help="default: the trained one of the keep")
     args = parser.parse_args()
     deer, state = Deer.load(args.run)
     pairs = read_split(_data_dir(args.data), args.split)[:args.limit]
     sources, references = deer.encode([s for s, _ in pairs]), [t for _, t in pairs]
     model = deer.sub_network(args.keep)
-    penalty = deer.penalty(args.keep) if args.blank_penalty is None else args.blank_penalty
+    p = deer.decoding(args.keep, args.blank_penalty, args.deletion_penalty, args.insertion_penalty)
     c = model.config
     kinds = ("CTC draft", "deletion only", "insertion only", "one iteration")
     outputs = {k: [None] * len(sources) for k in kinds}
     with torch.no_grad():
         for index, batch in sorted_batches(sources, 32, c.pad_id, model.output_bias.device):
-            cache, draft = ctc_draft(model, batch, penalty)
-            deleted = delete_words(model, draft, model.decode_target(cache, draft))
-            results = (draft, deleted, insert_words(model, cache, draft), insert_words(model, cache, deleted))
+            cache, draft = ctc_draft(model, batch, p["blank_penalty"])
+            deleted = delete_words(model, draft, model.decode_target(cache, draft), p["deletion_penalty"])
+            results = (draft, deleted, insert_words(model, cache, draft, penalty=p["insertion_penalty"]),
+                       insert_words(model, cache, deleted, penalty=p["insertion_penalty"]))
             for kind, tokens in zip(kinds, results):
                 for row, i in enumerate(index):
                     outputs[kind][i] = [int(t) for t in tokens[row] if int(t) not in (c.pad_id, c.bos_id, c.eos_id)]
-    print(f"{args.run} (step {state.get('step')}), keep {args.keep:g}, blank penalty {penalty:.2f}, "
+    print(f"{args.run} (step {state.get('step')}), keep {args.keep:g}, blank / deletion / insertion penalty "
+          f"{p['blank_penalty']:.2f} / {p['deletion_penalty']:g} / {p['insertion_penalty']:g}, "
           f"{len(pairs)} {args.split} pairs")
     for kind in kinds:
         print(f"{kind:>15}: BLEU {bleu(deer.decode(outputs[kind]), references):.2f}")

@@ -1,6 +1,7 @@
 """DEER on a tiny random BERT: masks, CTC input, glancing, editor labels, generate, checkpoints, bad input."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -327,6 +328,78 @@ def test_output_matrix_is_cached_for_decoding_until_the_embeddings_change(tokeni
     assert words.grad is not None and words.grad[baseline.out_to_token].abs().sum() > 0
 
 
+def test_edit_penalties_steer_deletion_and_insertion(tokenizer):
+    from pyprune.deer.generate import delete_words, insert_words
+    deer = make(tokenizer)
+    model = deer.model
+    sources, targets = batch(deer)
+    cache = model.encode_source(sources)
+    with torch.no_grad():
+        h = model.decode_target(cache, targets)
+        margin = (lambda d: d[..., 1] - d[..., 0])(model.deletion_logits(h))
+    inner = targets.ne(0) & targets.ne(model.config.bos_id) & targets.ne(model.config.eos_id)
+    count = lambda tokens: int(tokens.ne(0).sum())
+    assert count(delete_words(model, targets, h, penalty=1e4)) == count(targets)          # nothing deleted
+    assert count(delete_words(model, targets, h, penalty=-1e4)) == 2 * len(targets)        # only [bos] [eos] left
+    # A token goes where its delete logit minus the penalty beats its keep logit: the median margin splits them.
+    p = float(margin[inner].median())
+    expected = int((inner & (margin > p)).sum())
+    assert count(targets) - count(delete_words(model, targets, h, penalty=p)) == expected > 0
+    kept = insert_words(model, cache, targets, h, penalty=1e4)                          # no placeholder anywhere
+    assert torch.equal(kept, targets[:, :kept.shape[1]])
+    grown = insert_words(model, cache, targets, h, penalty=-1e4)                         # at least one in every gap
+    assert (grown.ne(0).sum(1) >= 2 * targets.ne(0).sum(1) - 1).all()
+    # generate_ids takes them; no penalty is what the classifiers' argmax says.
+    ids = deer.encode(SOURCES)
+    assert generate_ids(model, ids, max_iter=1) == generate_ids(model, ids, max_iter=1, deletion_penalty=0.0,
+                                                                insertion_penalty=0.0)
+    drafts = generate_ids(model, ids, max_iter=0)
+    assert generate_ids(model, ids, max_iter=2, deletion_penalty=1e4, insertion_penalty=1e4) == drafts
+    for name in ("deletion_penalty", "insertion_penalty"):
+        with pytest.raises(ValueError, match=name):
+            generate_ids(model, ids, **{name: float("inf")})
+
+
+def test_calibration_keeps_the_best_edit_penalties_on_valid_pairs(tokenizer, tmp_path):
+    from pyprune.deer.calibrate import calibrate_edits
+    from pyprune.deer.evaluate import bleu
+    deer, _, _ = _trained(tokenizer, tmp_path)
+    pairs = list(zip(SOURCES, TARGETS))
+    deletion, insertion = (0.0, -1e4, 1e4), (0.0, -1e4)
+    scores = calibrate_edits(deer, pairs, keeps=(1.0, 0.5), deletion_grid=deletion, insertion_grid=insertion,
+                             batch_size=2, progress=False)
+    assert set(scores) == {1.0, 0.5} == set(deer.edit_penalty)
+    for keep, by_point in scores.items():
+        assert set(by_point) == {(d, i) for d in deletion for i in insertion}
+        for (d, i), score in by_point.items():        # the shared draft and deletion pass change nothing
+            out = generate_ids(deer.sub_network(keep), deer.encode(SOURCES), max_iter=1, deletion_penalty=d,
+                               insertion_penalty=i, blank_penalty=deer.penalty(keep))
+            assert score == pytest.approx(bleu(deer.decode(out), TARGETS))
+        best = max(by_point.values())
+        assert deer.edit_penalty[keep] == next(p for p, v in by_point.items() if v == best)   # first of equals
+        assert by_point[-1e4, 0.0] < best                  # deleting every word scores lower than the best
+        assert deer.decoding(keep) == {"blank_penalty": deer.penalty(keep),
+                                       "deletion_penalty": deer.edit_penalty[keep][0],
+                                       "insertion_penalty": deer.edit_penalty[keep][1]}
+    # generate decodes with the calibrated pair unless given others.
+    deer.edit_penalty[1.0] = (-1e4, 1e4)                 # delete every word, insert none
+    assert deer.generate(SOURCES, max_iter=1) == [""] * 3
+    assert deer.generate(SOURCES, max_iter=1, deletion_penalty=0.0, insertion_penalty=0.0) == \
+        deer.decode(generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=1,
+                                 blank_penalty=deer.penalty(1.0))) != [""] * 3
+    # Saved into the checkpoint beside what was there.
+    deer.save(str(tmp_path / "run"), extra={"step": 7})
+    deer.save_penalties(str(tmp_path / "run"))
+    loaded, state = Deer.load(str(tmp_path / "run"))
+    assert loaded.edit_penalty == deer.edit_penalty and state["step"] == 7
+    assert loaded.blank_penalty == pytest.approx(deer.blank_penalty)
+    for bad in ((), "0", (float("nan"),)):
+        with pytest.raises(ValueError, match="deletion_grid"):
+            calibrate_edits(deer, pairs, deletion_grid=bad, progress=False)
+    with pytest.raises(ValueError, match="pairs"):
+        calibrate_edits(deer, [], progress=False)
+
+
 def test_checkpoint_resume_continues_exactly(tokenizer, tmp_path):
     straight, _, _ = _trained(tokenizer, tmp_path / "a", steps=6)
     deer = make(tokenizer)
@@ -467,6 +540,7 @@ def test_command_line_train_generate_evaluate(tokenizer, tmp_path, capsys, monke
                  "--batch-size", "3", "--draft-prob", "1", "--baseline-steps", "2"]) == 0
     deer, state = Deer.load(str(run))
     assert state["step"] == 4 and set(deer.blank_penalty) <= set(deer.keep_ratios) and deer.blank_penalty
+    assert set(deer.edit_penalty) == set(deer.keep_ratios)                # calibrated on the valid split
     assert (run / "baseline.pt").is_file()
     capsys.readouterr()
     sources = tmp_path / "sources.txt"
@@ -481,4 +555,10 @@ def test_command_line_train_generate_evaluate(tokenizer, tmp_path, capsys, monke
                  "--latency-sentences", "1", "--blank-penalty", "-100", "--out", str(report)]) == 0
     table = (report / "results.md").read_text()
     assert table.count("| DEER |") == 2 and "| -100.00 |" in table and "autoregressive" in table
+    assert main(["evaluate", "--model", str(run), "--data", str(data), "--keeps", "1", "--iterations", "1",
+                 "--latency-sentences", "1", "--deletion-penalty", "-10000", "--insertion-penalty", "3",
+                 "--out", str(report)]) == 0
+    row = json.loads((report / "results.json").read_text())["rows"][0]
+    assert (row["deletion_penalty"], row["insertion_penalty"], row["tokens"]) == (-1e4, 3.0, 0)
+    assert f"| {deer.penalty(1.0):.2f} / -10000 / 3 |" in (report / "results.md").read_text()
     assert not (run / "results.md").exists()            # --out: the run directory untouched

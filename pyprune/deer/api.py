@@ -32,6 +32,9 @@ class Deer:
     drafts are decoded with: training tracks, as a moving average, the
     penalty that makes the drafts of each batch as long as its references
     (``observe_length_penalty``); a keep ratio not trained yet has 0.
+    ``edit_penalty`` maps each keep ratio to its editor's (deletion,
+    insertion) penalties, chosen on validation sentences after training
+    (``pyprune.deer.calibrate``); (0, 0) until then.
     """
 
     # Weight of the running blank penalty against each new batch's (an average over about ten batches).
@@ -40,6 +43,7 @@ class Deer:
     def __init__(self, model: DeerModel, tokenizer, pruning: Optional[BlockMovementPruning] = None) -> None:
         self.model, self.tokenizer, self.pruning = model, tokenizer, pruning
         self.blank_penalty: dict[float, float] = {}
+        self.edit_penalty: dict[float, tuple[float, float]] = {}
         self._subnetworks: dict = {}
 
     # ------------------------------------------------------------ construction
@@ -74,6 +78,15 @@ class Deer:
     def penalty(self, keep: float = 1.0) -> float:
         """The blank penalty of keep ratio `keep` (0 before training has observed it)."""
         return self.blank_penalty.get(self._keep(keep), 0.0)
+
+    def decoding(self, keep: float = 1.0, blank_penalty: Optional[float] = None,
+                 deletion_penalty: Optional[float] = None, insertion_penalty: Optional[float] = None) -> dict:
+        """``generate_ids``' penalty arguments for keep ratio `keep`: the trained ones, except those given."""
+        keep = self._keep(keep)
+        deletion, insertion = self.edit_penalty.get(keep, (0.0, 0.0))
+        return {"blank_penalty": self.penalty(keep) if blank_penalty is None else blank_penalty,
+                "deletion_penalty": deletion if deletion_penalty is None else deletion_penalty,
+                "insertion_penalty": insertion if insertion_penalty is None else insertion_penalty}
 
     def observe_length_penalty(self, keep: float, penalty: float) -> None:
         """Fold one training batch's length-matching blank penalty into keep ratio `keep`'s running one."""
@@ -136,15 +149,15 @@ class Deer:
 
     def generate(self, sources: Sequence[str], max_iter: int = 2, adaptive: bool = True, keep: float = 1.0,
                  batch_size: int = 32, blank_penalty: Optional[float] = None,
-                 dtype: Optional[torch.dtype] = None) -> list[str]:
+                 dtype: Optional[torch.dtype] = None, deletion_penalty: Optional[float] = None,
+                 insertion_penalty: Optional[float] = None) -> list[str]:
         """Translate/generate for each source string: CTC draft, then up to `max_iter` edit iterations.
-        `blank_penalty`: the draft's (None: the one training matched to the references, ``penalty(keep)``);
-        `dtype`: compute in this floating-point type (``sub_network``)."""
+        `blank_penalty`, `deletion_penalty`, `insertion_penalty`: see ``generate_ids`` (None: the trained
+        ones of `keep`, ``decoding``); `dtype`: compute in this floating-point type (``sub_network``)."""
         ids = self.encode(sources)
         model = self.sub_network(keep, dtype)
-        penalty = self.penalty(keep) if blank_penalty is None else blank_penalty
         return self.decode(generate_ids(model, ids, max_iter=max_iter, adaptive=adaptive, batch_size=batch_size,
-                                        blank_penalty=penalty))
+                                        **self.decoding(keep, blank_penalty, deletion_penalty, insertion_penalty)))
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -154,7 +167,11 @@ class Deer:
                 "model": self.model.state_dict(),
                 "pruning": self.pruning.state_dict() if self.pruning is not None else None,
                 "pruning_steps": self.pruning.steps if self.pruning is not None else 0,
-                "blank_penalty": dict(self.blank_penalty)}
+                **self._penalty_state()}
+
+    def _penalty_state(self) -> dict:
+        return {"blank_penalty": dict(self.blank_penalty),
+                "edit_penalty": {k: list(v) for k, v in self.edit_penalty.items()}}
 
     def save(self, path: str, extra: Optional[dict] = None) -> None:
         """Write `path`/checkpoint.pt atomically (and the tokenizer once, beside it)."""
@@ -168,6 +185,13 @@ class Deer:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         atomic_torch_save({**self.state(), **(extra or {})}, os.path.join(path, CHECKPOINT))
+
+    def save_penalties(self, path: str) -> None:
+        """Rewrite `path`/checkpoint.pt with this model's decoding penalties, the rest of it as it was."""
+        file = os.path.join(path, CHECKPOINT)
+        state = torch.load(file, map_location="cpu", weights_only=False)
+        state.update(self._penalty_state())
+        atomic_torch_save(state, file)
 
     @classmethod
     def load(cls, path: str, map_location: str = "cpu") -> tuple["Deer", dict]:
@@ -196,4 +220,5 @@ class Deer:
             raise ValueError(f"path: checkpoint does not match its own configuration: {error}") from None
         deer = cls(model, tokenizer, pruning)
         deer.blank_penalty = {float(k): float(v) for k, v in state.get("blank_penalty", {}).items()}
+        deer.edit_penalty = {float(k): (float(d), float(i)) for k, (d, i) in state.get("edit_penalty", {}).items()}
         return deer, state

@@ -76,7 +76,7 @@ def cmd_train(args) -> int:
     from ..data.parallel import read_split
     from .api import CHECKPOINT, Deer
     from .losses import LossConfig
-    from .train import TrainConfig, encode_pairs, target_vocabulary, train
+    from .train import TrainConfig, _distributed, encode_pairs, target_vocabulary, train
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -100,10 +100,32 @@ def cmd_train(args) -> int:
     summary = train(deer, encoded, args.out, config, LossConfig(draft_prob=args.draft_prob), resume=resume)
     print(f"DEER: {summary['step']} steps in {summary['seconds']:.0f} s, last losses {summary['losses']}",
           file=sys.stderr)
+    if _distributed()[0] != 0:          # under torchrun, rank 0 alone calibrates and trains the baseline
+        return 0
+    if args.calibrate_sentences:
+        calibrate(deer, directory, args.out, args.calibrate_sentences)
     if args.baseline_steps:
         train_ar(deer, encoded, args.out, args.baseline_steps, args.batch_size, args.lr, args.seed,
                  args.baseline_time_limit)
     return 0
+
+
+def calibrate(deer, directory: str, out: str, limit: int) -> None:
+    """Choose the editor's penalties per keep ratio on the first `limit` valid pairs; save them to `out`."""
+    from ..data.parallel import read_split
+    from .calibrate import calibrate_edits
+    try:
+        valid = read_split(directory, "valid")[:limit]
+    except FileNotFoundError:
+        print("no valid split: the editor's penalties stay as they were", file=sys.stderr)
+        return
+    scores = calibrate_edits(deer, valid)
+    for keep, bleus in scores.items():
+        chosen = deer.edit_penalty[keep]
+        print(f"keep {keep:g}: deletion / insertion penalty {chosen[0]:g} / {chosen[1]:g} "
+              f"({bleus[chosen]:.2f} BLEU with one edit iteration on {len(valid)} valid pairs, "
+              f"{bleus[0.0, 0.0]:.2f} without)", file=sys.stderr)
+    deer.save_penalties(out)
 
 
 def train_ar(deer, encoded, out: str, steps: int, batch_size: int, lr: float, seed: int, time_limit=None) -> None:
@@ -133,7 +155,8 @@ def cmd_generate(args) -> int:
     for start in range(0, len(lines), args.batch_size):
         chunk = lines[start:start + args.batch_size]
         for out in deer.generate(chunk, max_iter=args.iterations, keep=args.keep, batch_size=args.batch_size,
-                                 blank_penalty=args.blank_penalty, dtype=_dtype(args.dtype)):
+                                 blank_penalty=args.blank_penalty, dtype=_dtype(args.dtype),
+                                 deletion_penalty=args.deletion_penalty, insertion_penalty=args.insertion_penalty):
             print(out)
     return 0
 
@@ -143,7 +166,7 @@ def _dtype(name):
 
 
 def run_evaluation(run: str, data: str, split: str, keeps, iterations, latency_sentences: int, limit=None,
-                   blank_penalty=None, out=None, dtype=None) -> str:
+                   blank_penalty=None, out=None, dtype=None, deletion_penalty=None, insertion_penalty=None) -> str:
     """Evaluate run directory `run`; the table, JSON and plot go to `out` (default: `run`)."""
     from ..data.parallel import read_split
     from .api import Deer
@@ -151,7 +174,8 @@ def run_evaluation(run: str, data: str, split: str, keeps, iterations, latency_s
     deer, state = Deer.load(run)
     pairs = read_split(_data_dir(data), split)[:limit]
     result = evaluate(deer, pairs, keeps=keeps, iterations=iterations, baseline=_load_baseline(run, deer),
-                      latency_sentences=latency_sentences, blank_penalty=blank_penalty, dtype=dtype)
+                      latency_sentences=latency_sentences, blank_penalty=blank_penalty, dtype=dtype,
+                      deletion_penalty=deletion_penalty, insertion_penalty=insertion_penalty)
     result["train_steps"] = state.get("step")
     table = format_table(result)
     out = out or run
@@ -167,7 +191,8 @@ def cmd_evaluate(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(run_evaluation(args.model, args.data, args.split, args.keeps, args.iterations, args.latency_sentences,
-                         args.limit, args.blank_penalty, args.out, _dtype(args.dtype)))
+                         args.limit, args.blank_penalty, args.out, _dtype(args.dtype), args.deletion_penalty,
+                         args.insertion_penalty))
     return 0
 
 
@@ -188,10 +213,19 @@ def _train_arguments(parser) -> None:
                         help="the encoder's dropout while training (default: the backbone's own)")
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds of DEER training at most")
+    parser.add_argument("--calibrate-sentences", type=int, default=400,
+                        help="after training, choose the editor's penalties on this many valid pairs (0: don't)")
     parser.add_argument("--baseline-steps", type=int, default=0, help="also train the autoregressive baseline")
     parser.add_argument("--baseline-time-limit", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _edit_penalty_arguments(parser) -> None:
+    for name, logit in (("deletion", "the editor's delete logit"),
+                        ("insertion", "the editor's logits of inserting one or more tokens")):
+        parser.add_argument(f"--{name}-penalty", type=float, default=None,
+                            help=f"subtract this from {logit} (default: the penalty calibrated for the keep)")
 
 
 def main(argv=None) -> int:
@@ -209,6 +243,7 @@ def main(argv=None) -> int:
     gen.add_argument("--batch-size", type=int, default=32)
     penalty_help = "subtract this from the CTC blank's logit for every draft (default: the trained penalty of the keep)"
     gen.add_argument("--blank-penalty", type=float, default=None, help=penalty_help)
+    _edit_penalty_arguments(gen)
     dtypes = ["float32", "bfloat16", "float16"]
     gen.add_argument("--dtype", choices=dtypes, default=None, help="compute in this type (default: the model's)")
     ev = commands.add_parser("evaluate", help="BLEU and latency per keep ratio x iterations (+ AR baseline)")
@@ -221,6 +256,7 @@ def main(argv=None) -> int:
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
     ev.add_argument("--threads", type=int, default=None)
     ev.add_argument("--blank-penalty", type=float, default=None, help=penalty_help)
+    _edit_penalty_arguments(ev)
     ev.add_argument("--dtype", choices=dtypes, default=None, help="DEER and the AR baseline compute in this type")
     ev.add_argument("--out", default=None, help="write results.md/.json/.png here (default: the run directory)")
     args = parser.parse_args(argv)

@@ -47,10 +47,12 @@ def _batch1_ms(runs: Sequence, sources, device: str, repeats: int) -> list[float
 def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
              iterations: Sequence[int] = (0, 1, 2), baseline: Optional[AutoregressiveBaseline] = None,
              latency_sentences: int = 50, progress: bool = True, blank_penalty: Optional[float] = None,
-             dtype: Optional[torch.dtype] = None) -> dict:
+             dtype: Optional[torch.dtype] = None, deletion_penalty: Optional[float] = None,
+             insertion_penalty: Optional[float] = None) -> dict:
     """One row per (keep, iterations) and one for the baseline: BLEU, ms/sentence at batch 1 and 32, params.
-    DEER's drafts use each keep ratio's trained blank penalty (``Deer.penalty``), or `blank_penalty` for all.
-    `dtype`: DEER and the baseline both compute in this floating-point type (copies; default: their own)."""
+    DEER decodes with each keep ratio's trained penalties (``Deer.decoding``), except those given here, which
+    hold for all. `dtype`: DEER and the baseline both compute in this floating-point type (copies; default:
+    their own)."""
     from tqdm.auto import tqdm
     sources = deer.encode([s for s, _ in pairs])
     references = [t for _, t in pairs]
@@ -69,11 +71,11 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
     for keep, iters in tqdm([(k, i) for k in keeps for i in iterations], desc="evaluating DEER",
                             disable=not progress):
         model = deer.sub_network(keep, dtype)
-        penalty = deer.penalty(keep) if blank_penalty is None else blank_penalty
+        penalties = deer.decoding(keep, blank_penalty, deletion_penalty, insertion_penalty)
         measure({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True),
-                 "blank_penalty": penalty},
-                lambda src, batch_size, model=model, iters=iters, penalty=penalty: generate_ids(
-                    model, src, max_iter=iters, batch_size=batch_size, blank_penalty=penalty))
+                 **penalties},
+                lambda src, batch_size, model=model, iters=iters, penalties=penalties: generate_ids(
+                    model, src, max_iter=iters, batch_size=batch_size, **penalties))
     if baseline is not None:
         if dtype is not None:
             baseline = copy.deepcopy(baseline).to(dtype)
@@ -95,6 +97,8 @@ def format_table(result: dict) -> str:
     def cells(r: dict) -> list[str]:
         iters = "-" if r["iterations"] is None else ("0 (CTC only)" if r["iterations"] == 0 else str(r["iterations"]))
         penalty = "-" if r.get("blank_penalty") is None else f"{r['blank_penalty']:.2f}"
+        if r["iterations"] and "deletion_penalty" in r:
+            penalty += f" / {r['deletion_penalty']:g} / {r['insertion_penalty']:g}"
         return [r["model"], f"{r['keep']:g}", iters, penalty, f"{r['params'] / 1e6:.1f}M", f"{r['bleu']:.2f}",
                 f"{r['tokens']:.1f}", f"{r['ms_batch1']:.1f}", f"{r['ms_batch32']:.2f}"]
     lines = [f"{result['date']} | {result['device']}, {result['threads']} threads, "
@@ -103,8 +107,9 @@ def format_table(result: dict) -> str:
              f"{result['latency_sentences']}, batch 32 over all | the sources copied unchanged score "
              f"{result['copy_bleu']:.2f} BLEU | tokens: output tokens per sentence (the references: "
              f"{result['reference_tokens']:.1f}); a longer output takes the autoregressive decoder more steps | "
-             f"blank penalty: subtracted from the CTC blank's logit for the draft", ""]
-    lines += markdown_table(["model", "keep", "edit iterations", "blank penalty", "parameters", "BLEU", "tokens",
+             f"penalties: subtracted from the CTC blank's logit for the draft / from the editor's delete logit "
+             f"/ from its logits of inserting one or more tokens", ""]
+    lines += markdown_table(["model", "keep", "edit iterations", "penalties", "parameters", "BLEU", "tokens",
                              "ms/sent batch 1", "ms/sent batch 32"], map(cells, result["rows"]))
     return "\n".join(lines)
 

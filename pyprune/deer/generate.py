@@ -6,7 +6,11 @@ three passes of each edit iteration run only the target rows against them.
 With ``adaptive=True`` a row leaves the batch once an iteration leaves it
 unchanged. ``blank_penalty`` lengthens (positive) or shortens the draft; a
 trained ``Deer`` keeps, per keep ratio, the one that matched the references'
-length during training (``Deer.blank_penalty``).
+length during training (``Deer.blank_penalty``). ``deletion_penalty`` and
+``insertion_penalty`` make the editor more reluctant (positive) or more eager
+to delete and to insert: they are subtracted from the "delete" logit and from
+every "insert k > 0" logit; a trained ``Deer`` keeps the pair that scored
+best on validation sentences (``pyprune.deer.calibrate``).
 """
 from __future__ import annotations
 
@@ -62,22 +66,27 @@ def ctc_draft(model: DeerModel, sources: Tensor, blank_penalty: float = 0.0):
 
 
 @torch.no_grad()
-def delete_words(model: DeerModel, tokens: Tensor, h: Tensor) -> Tensor:
-    """The deletion classifier's edits to `tokens` (whose target states are `h`), trimmed."""
+def delete_words(model: DeerModel, tokens: Tensor, h: Tensor, penalty: float = 0.0) -> Tensor:
+    """The deletion classifier's edits to `tokens` (whose target states are `h`), trimmed; a token is
+    deleted where its "delete" logit minus `penalty` beats its "keep" logit."""
     c = model.config
-    deleted, _, _ = apply_del_words(tokens, None, None, model.deletion_logits(h).argmax(-1), c.pad_id, c.bos_id,
-                                    c.eos_id)
+    logits = model.deletion_logits(h)
+    deleted, _, _ = apply_del_words(tokens, None, None, (logits[..., 1] - penalty > logits[..., 0]).long(),
+                                    c.pad_id, c.bos_id, c.eos_id)
     return _trim(deleted, c.pad_id)
 
 
 @torch.no_grad()
-def insert_words(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = None) -> Tensor:
+def insert_words(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = None, penalty: float = 0.0) -> Tensor:
     """Insert placeholders where the placeholder classifier says, then fill them (`h`: the states of
-    `tokens`, when already computed)."""
+    `tokens`, when already computed; `penalty`: subtracted from the logit of every count above 0)."""
     c = model.config
     if h is None:
         h = model.decode_target(cache, tokens)
-    counts = model.placeholder_logits(h).argmax(-1)
+    logits = model.placeholder_logits(h)
+    if penalty:
+        logits = torch.cat([logits[..., :1] + penalty, logits[..., 1:]], -1)
+    counts = logits.argmax(-1)
     width = min(model.max_positions, tokens.shape[1] + int(counts.sum(1).max()))
     inserted, _ = apply_ins_masks(tokens, None, counts, c.pad_id, c.mask_id, c.eos_id, max_length=width)
     return fill_words(model, cache, _trim(inserted, c.pad_id))
@@ -97,25 +106,35 @@ def fill_words(model: DeerModel, cache, tokens: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def edit_once(model: DeerModel, cache, tokens: Tensor) -> Tensor:
-    """One edit iteration: delete, insert placeholders, fill them (three passes; two when nothing is deleted)."""
-    h = model.decode_target(cache, tokens)
-    deleted = delete_words(model, tokens, h)
+def edit_once(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = None, deletion_penalty: float = 0.0,
+              insertion_penalty: float = 0.0) -> Tensor:
+    """One edit iteration: delete, insert placeholders, fill them (three passes; two when nothing is deleted;
+    `h`: the states of `tokens`, when already computed)."""
+    if h is None:
+        h = model.decode_target(cache, tokens)
+    deleted = delete_words(model, tokens, h, deletion_penalty)
     # Nothing deleted: the same input, the same states.
-    return insert_words(model, cache, deleted, h if torch.equal(deleted, tokens) else None)
+    return insert_words(model, cache, deleted, h if torch.equal(deleted, tokens) else None, insertion_penalty)
+
+
+def check_penalty(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        fail(name, "a finite number", value)
+    return float(value)
 
 
 @torch.no_grad()
 def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: int = 2, adaptive: bool = True,
-                 batch_size: int = 32, blank_penalty: float = 0.0) -> list[list[int]]:
+                 batch_size: int = 32, blank_penalty: float = 0.0, deletion_penalty: float = 0.0,
+                 insertion_penalty: float = 0.0) -> list[list[int]]:
     """Token ids in, token ids out (without [bos]/[eos]); `sources` rows are framed [bos] x [eos]."""
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         fail("max_iter", "a number of edit iterations >= 0", max_iter)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         fail("batch_size", "a positive integer", batch_size)
-    if isinstance(blank_penalty, bool) or not isinstance(blank_penalty, (int, float)) \
-            or not math.isfinite(blank_penalty):
-        fail("blank_penalty", "a finite number", blank_penalty)
+    for name, value in (("blank_penalty", blank_penalty), ("deletion_penalty", deletion_penalty),
+                        ("insertion_penalty", insertion_penalty)):
+        check_penalty(name, value)
     if len(sources) == 0:
         return []
     c = model.config
@@ -127,7 +146,8 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
         active = torch.arange(len(index), device=device)
         for _ in range(max_iter):
             current = _trim(tokens[active], c.pad_id)
-            edited = edit_once(model, cache.select(active), current)
+            edited = edit_once(model, cache.select(active), current, deletion_penalty=deletion_penalty,
+                               insertion_penalty=insertion_penalty)
             changed = ~_same(edited, current, c.pad_id)
             if edited.shape[1] > tokens.shape[1]:
                 tokens = torch.nn.functional.pad(tokens, (0, edited.shape[1] - tokens.shape[1]), value=c.pad_id)
