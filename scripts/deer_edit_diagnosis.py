@@ -15,7 +15,7 @@ from pyprune.data.parallel import read_split
 from pyprune.deer import Deer
 from pyprune.deer.cli import _data_dir
 from pyprune.deer.evaluate import bleu
-from pyprune.deer.generate import ctc_draft, delete_words, insert_words, sorted_batches
+from pyprune.deer.generate import ctc_draft, delete_words, insert_words, sorted_batches, words_of
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
                        insert_words(model, cache, deleted, penalty=p["insertion_penalty"]))
             for kind, tokens in zip(kinds, results):
                 for row, i in enumerate(index):
-                    outputs[kind][i] = [int(t) for t in tokens[row] if int(t) not in (c.pad_id, c.bos_id, c.eos_id)]
+                    outputs[kind][i] = words_of(tokens[row], c)
     print(f"{args.run} (step {state.get('step')}), keep {args.keep:g}, blank / deletion / insertion penalty "
           f"{p['blank_penalty']:.2f} / {p['deletion_penalty']:g} / {p['insertion_penalty']:g}, "
           f"{len(pairs)} {args.split} pairs")

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import fail
-from .generate import _trim, check_penalty, ctc_draft, edit_once, sorted_batches
+from .generate import _trim, check_penalty, ctc_draft, edit_once, sorted_batches, words_of
 
 DELETION_GRID = (0.0, 1.0, 2.0)
 INSERTION_GRID = (0.0, 1.0)
@@ -65,7 +65,7 @@ def calibrate_edits(deer, pairs: Sequence[tuple[str, str]], keeps: Optional[Sequ
             for point in grid:
                 edited = edit_once(model, cache, draft, h, *point)
                 for row, i in enumerate(index):
-                    outputs[point][i] = [int(t) for t in edited[row] if int(t) not in (c.pad_id, c.bos_id, c.eos_id)]
+                    outputs[point][i] = words_of(edited[row], c)
             bar.update(len(index))
         scores[keep] = {point: bleu(deer.decode(outputs[point]), references) for point in grid}
         deer.edit_penalty[keep] = max(grid, key=lambda point: scores[keep][point])   # first of equals

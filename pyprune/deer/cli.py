@@ -166,16 +166,16 @@ def _dtype(name):
 
 
 def run_evaluation(run: str, data: str, split: str, keeps, iterations, latency_sentences: int, limit=None,
-                   blank_penalty=None, out=None, dtype=None, deletion_penalty=None, insertion_penalty=None) -> str:
-    """Evaluate run directory `run`; the table, JSON and plot go to `out` (default: `run`)."""
+                   out=None, **options) -> str:
+    """Evaluate run directory `run`; the table, JSON and plot go to `out` (default: `run`); `options`: more
+    arguments of ``evaluate`` (penalties, dtype)."""
     from ..data.parallel import read_split
     from .api import Deer
     from .evaluate import evaluate, format_table, plot
     deer, state = Deer.load(run)
     pairs = read_split(_data_dir(data), split)[:limit]
     result = evaluate(deer, pairs, keeps=keeps, iterations=iterations, baseline=_load_baseline(run, deer),
-                      latency_sentences=latency_sentences, blank_penalty=blank_penalty, dtype=dtype,
-                      deletion_penalty=deletion_penalty, insertion_penalty=insertion_penalty)
+                      latency_sentences=latency_sentences, **options)
     result["train_steps"] = state.get("step")
     table = format_table(result)
     out = out or run
@@ -191,8 +191,8 @@ def cmd_evaluate(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(run_evaluation(args.model, args.data, args.split, args.keeps, args.iterations, args.latency_sentences,
-                         args.limit, args.blank_penalty, args.out, _dtype(args.dtype), args.deletion_penalty,
-                         args.insertion_penalty))
+                         args.limit, args.out, blank_penalty=args.blank_penalty, dtype=_dtype(args.dtype),
+                         deletion_penalty=args.deletion_penalty, insertion_penalty=args.insertion_penalty))
     return 0
 
 

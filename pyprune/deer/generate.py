@@ -47,6 +47,11 @@ def _trim(tokens: Tensor, pad_id: int) -> Tensor:
     return tokens[:, :width]
 
 
+def words_of(row: Tensor, config) -> list[int]:
+    """One decoded row's token ids without padding, [bos] and [eos]."""
+    return [t for t in row.tolist() if t not in (config.pad_id, config.bos_id, config.eos_id)]
+
+
 def _same(a: Tensor, b: Tensor, pad_id: int) -> Tensor:
     width = max(a.shape[1], b.shape[1])
     a = torch.nn.functional.pad(a, (0, width - a.shape[1]), value=pad_id)
@@ -157,6 +162,5 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
                 if len(active) == 0:
                     break
         for row, i in enumerate(index):
-            ids = tokens[row]
-            results[i] = [int(t) for t in ids if int(t) not in (c.pad_id, c.bos_id, c.eos_id)]
+            results[i] = words_of(tokens[row], c)
     return results
