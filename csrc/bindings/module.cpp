@@ -42,4 +42,7 @@ TORCH_LIBRARY(pyprune_C, m) {
       "int unk_idx) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("lev_edit_distance(Tensor x, Tensor y, int padding_idx, int sub_cost) -> Tensor");
   m.def("lev_edit_path(Tensor in_tokens, Tensor out_tokens, int padding_idx) -> (Tensor, Tensor)");
+
+  // Inference only (no autograd): y = x W^T + bias, W as its packed live 32x32 blocks.
+  m.def("bsr_linear(Tensor x, Tensor blocks, Tensor row_ptr, Tensor col_index, Tensor? bias) -> Tensor");
 }

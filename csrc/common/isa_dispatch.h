@@ -6,8 +6,12 @@
 // PYPRUNE_INLINE function), so every variant gets its own vectorised loops
 // and, above the baseline, hardware popcount. GCC's target_clones with arch=
 // levels resolves by CPU model and picked the baseline on AMD EPYC, hence the
-// explicit feature tests.
+// explicit feature tests. The environment variable PYPRUNE_CPU_ISA (base,
+// avx2, avx512) caps the choice, so tests can run every variant on one CPU.
 #pragma once
+
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define PYPRUNE_X86_DISPATCH 1
@@ -20,7 +24,15 @@ namespace pyprune {
 
 enum class Isa { kBase, kAvx2, kAvx512 };
 
-inline Isa detect_isa() {
+inline Isa isa_cap() {
+  const char* cap = std::getenv("PYPRUNE_CPU_ISA");
+  if (cap == nullptr) return Isa::kAvx512;
+  if (std::strcmp(cap, "base") == 0) return Isa::kBase;
+  if (std::strcmp(cap, "avx2") == 0) return Isa::kAvx2;
+  return Isa::kAvx512;
+}
+
+inline Isa detect_cpu_isa() {
 #ifdef PYPRUNE_X86_DISPATCH
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -31,6 +43,12 @@ inline Isa detect_isa() {
   if (avx2) return Isa::kAvx2;
 #endif
   return Isa::kBase;
+}
+
+inline Isa detect_isa() {
+  const Isa cap = isa_cap();
+  const Isa found = detect_cpu_isa();
+  return found < cap ? found : cap;
 }
 
 // Detected once per process.

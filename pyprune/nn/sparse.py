@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from pyprune._memo import derived
 from pyprune.sparse import BLOCK, PathChoice, block_sparse_linear, choose_path, expand_mask, layout_for
 from pyprune.sparse.linear import compact_dense, compact_weight
+from pyprune.sparse.packed import PackedBlocks, pack_blocks, packed_block_linear
 
 
 class BlockSparseLinear(nn.Linear):
@@ -21,8 +22,9 @@ class BlockSparseLinear(nn.Linear):
     dead), so checkpoints load both ways. The mask itself is the
     non-persistent buffer ``block_mask`` (out_features/32, in_features/32).
 
-    The computation path (masked dense, compacted dense or the block-sparse
-    kernel) is chosen per input size by a cost model; ``explain(tokens)``
+    The computation path (masked dense, compacted dense, the block-sparse
+    kernel or, for inference on the CPU, the packed-blocks kernel) is chosen
+    per input size by a cost model; ``explain(tokens)``
     shows the choice and its estimates, ``force_path`` pins one.
     """
 
@@ -77,19 +79,33 @@ class BlockSparseLinear(nn.Linear):
     def _weight_grad(self) -> bool:
         return torch.is_grad_enabled() and self.weight.requires_grad
 
-    def explain(self, tokens: int, weight_grad: Optional[bool] = None) -> PathChoice:
+    def _needs_grad(self, input: Tensor) -> bool:
+        return torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad
+                                            or (self.bias is not None and self.bias.requires_grad))
+
+    def explain(self, tokens: int, weight_grad: Optional[bool] = None, inference: Optional[bool] = None) -> PathChoice:
         """The path the cost model picks for `tokens` rows of input, and why (`weight_grad`: whether the
-        weight needs a gradient; by default, whether it would in a call now)."""
-        ready = not (self._weight_grad() if weight_grad is None else weight_grad)
-        return choose_path(layout_for(self.block_mask), tokens, self.weight.device, weight_ready=ready)
+        weight needs a gradient; `inference`: whether nothing does; by default, whether they would in a
+        call now with an input that needs none)."""
+        weight_grad = self._weight_grad() if weight_grad is None else weight_grad
+        if inference is None:
+            inference = not weight_grad and not (torch.is_grad_enabled() and self.bias is not None
+                                                 and self.bias.requires_grad)
+        return choose_path(layout_for(self.block_mask), tokens, self.weight.device, weight_ready=not weight_grad,
+                           inference=inference, dtype=self.weight.dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         if self.force_path is not None:
+            if self.force_path == "packed_blocks":
+                return packed_block_linear(input, self._packed(), self.bias)
             return block_sparse_linear(input, self.weight, self.bias, self.block_mask, self.force_path)
         layout = layout_for(self.block_mask)
         weight_grad = self._weight_grad()
         path = choose_path(layout, input.numel() // max(self.in_features, 1), self.weight.device,
-                           weight_ready=not weight_grad).path
+                           weight_ready=not weight_grad, inference=not self._needs_grad(input),
+                           dtype=input.dtype).path
+        if path == "packed_blocks":
+            return packed_block_linear(input, self._packed(), self.bias)
         if not weight_grad:
             # Dead blocks are stored as zeros: without a weight gradient to keep out of them there is
             # nothing to mask (masking would copy the whole weight on every call), and the compacted
@@ -104,6 +120,12 @@ class BlockSparseLinear(nn.Linear):
                 y = compact_dense(input.reshape(-1, self.in_features), self.weight, self.bias, layout, sub_weight)
                 return y.reshape(*input.shape[:-1], self.out_features)
         return block_sparse_linear(input, self.weight, self.bias, self.block_mask, path)
+
+    def _packed(self) -> PackedBlocks:
+        """The live blocks packed for the CPU kernel, kept until the weight or the mask changes (one extra
+        copy of the live weight)."""
+        return derived(self, "_packed_cache", (self.weight, self.block_mask),
+                       lambda: pack_blocks(self.weight, self.block_mask))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

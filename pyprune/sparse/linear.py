@@ -8,7 +8,9 @@ Three ways to compute the same thing, chosen per layer by a cost model:
   smaller dense matmul, scatter the outputs back;
 - ``block_sparse``: the Triton kernels (pyprune.triton_kernels), which read
   live blocks only. On CUDA when Triton is enabled; on CPU only under
-  TRITON_INTERPRET=1 (for testing).
+  TRITON_INTERPRET=1 (for testing);
+- ``packed_blocks``: inference on the CPU (nothing needs a gradient): the
+  C++ kernel on the live blocks packed once (``pyprune.sparse.packed``).
 
 ``pyprune::block_sparse_linear`` is the op (any path gives the same values);
 its gradient is ``pyprune::block_sparse_linear_backward``.
@@ -22,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import backends
 from ._routing import triton_or_reference, triton_usable
 from .layout import BLOCK, BlockLayout, expand_mask, layout_for
+from .packed import KERNEL_DTYPES as PACKED_DTYPES
 
 # Throughput of the block-sparse kernel relative to a dense GEMM of the same
 # flops, per device type. Conservative until measured on a GPU (see
@@ -35,6 +39,14 @@ KERNEL_EFFICIENCY = {"cuda": 0.5, "cpu": 0.0}
 # scatters the weight gradient back; measured on CPU (bench/RESULTS.md), where
 # below this the compacted path lost to masked dense at density 0.5.
 GATHER_COST = 64.0
+# The packed CPU kernel's speed relative to torch's dense GEMM of the same
+# flops (with fp32 weights that fit the cache it is 1.1-1.8x faster at 14-480
+# tokens and 0.85x at one token: bench/test_block_sparse_bench.py, CPU grid).
+PACKED_SPEED = 1.1
+# What one more op call costs on the CPU, in multiply-adds (about 10 us): at a
+# few dozen tokens the compacted path's gather and scatter cost more than the
+# matmul they save (bench/RESULTS.md).
+CPU_CALL_COST = 1e6
 
 
 # ---------------------------------------------------------------- the ops
@@ -128,21 +140,33 @@ class PathChoice:
     total_blocks: int = 0
 
 
-def choose_path(layout: BlockLayout, tokens: int, device: torch.device, weight_ready: bool = False) -> PathChoice:
+def packed_usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the packed C++ kernel runs for this device and dtype (the ``cpp`` backend enabled)."""
+    return (device.type == "cpu" and dtype in PACKED_DTYPES and backends.enabled("cpp")
+            and backends.has_kernel("bsr_linear", "CPU"))
+
+
+def choose_path(layout: BlockLayout, tokens: int, device: torch.device, weight_ready: bool = False,
+                inference: bool = False, dtype: torch.dtype = torch.float32) -> PathChoice:
     """Cost model: flops at each path's efficiency plus gather/scatter traffic.
 
     masked_dense costs M*N*K (+ masking the weight); compact_dense costs
     M*N'*K' on the live rows/columns plus gathering X's live columns,
     scattering Y's live rows (each only where some are dead) and gathering the
     live weight; block_sparse costs the live blocks' flops at the kernel's
-    measured efficiency (KERNEL_EFFICIENCY).
+    measured efficiency (KERNEL_EFFICIENCY); packed_blocks the live blocks'
+    flops at PACKED_SPEED. On the CPU each op beyond the matmul adds
+    CPU_CALL_COST.
 
     `weight_ready`: the caller already holds the weight masked (dead blocks
     stored as zeros) and its compacted copy (``BlockSparseLinear`` without a
     weight gradient), so neither the masking nor the weight gather is paid.
     At a few dozen tokens (batch-1 decoding) the weight gather alone costs
-    more than the matmul it saves."""
-    key = (tokens, device.type, triton_usable(device), weight_ready)
+    more than the matmul it saves. `inference`: nothing needs a gradient and
+    the caller holds the packed blocks, which allows packed_blocks (CPU,
+    float32, with the ``cpp`` backend)."""
+    packed = inference and weight_ready and packed_usable(device, dtype)
+    key = (tokens, device.type, triton_usable(device), weight_ready, packed)
     if key in layout.path_choices:
         return layout.path_choices[key]
     R, C = layout.mask.shape
@@ -151,17 +175,21 @@ def choose_path(layout: BlockLayout, tokens: int, device: torch.device, weight_r
     live_rows *= BLOCK
     live_cols *= BLOCK
     M = max(tokens, 1)
+    call = CPU_CALL_COST if device.type == "cpu" else 0.0
     if live_rows and live_cols:
         traffic = M * ((live_cols < K) * live_cols + (live_rows < N) * live_rows)
         if not weight_ready:
             traffic += live_rows * live_cols
         compact = M * live_rows * live_cols + GATHER_COST * traffic
+        compact += call * ((live_cols < K) + 2 * (live_rows < N))    # gather x; scatter y (a fill and an add)
     else:
         compact = GATHER_COST * M * N
     costs = {"masked_dense": M * N * K + (0 if weight_ready else N * K), "compact_dense": compact}
     efficiency = KERNEL_EFFICIENCY.get(device.type, 0.0)
     if triton_usable(device) and (efficiency > 0 or device.type == "cpu"):
         costs["block_sparse"] = M * live * BLOCK * BLOCK / max(efficiency, 1e-3)
+    if packed:
+        costs["packed_blocks"] = M * live * BLOCK * BLOCK / PACKED_SPEED
     path = min(costs, key=costs.get)
     choice = layout.path_choices[key] = PathChoice(path, costs, live, R * C)
     return choice
@@ -233,5 +261,7 @@ def block_sparse_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], block
             flat.contiguous(), weight.contiguous(), bias, layout.mask, layout.row_indices,
             layout.row_counts, layout.col_indices, layout.col_counts)
     else:
-        raise ValueError(f"path: expected 'masked_dense', 'compact_dense', 'block_sparse' or None, got {path!r}")
+        raise ValueError(f"path: expected 'masked_dense', 'compact_dense', 'block_sparse' or None, got {path!r}"
+                         + (" ('packed_blocks' is BlockSparseLinear's inference path: use "
+                            "pyprune.sparse.packed.packed_block_linear)" if path == "packed_blocks" else ""))
     return y.reshape(*leading, N)
