@@ -24,3 +24,22 @@ def test_block_sparse_linear(record, device, provider, structured, density):
     record.extra_info.update(provider=provider, density=density, mask="rows" if structured else "random")
     record.pedantic(lambda: (step(), torch.cuda.synchronize() if device.startswith("cuda") else None),
                     warmup_rounds=1, rounds=7, iterations=1)
+
+
+@pytest.mark.parametrize("provider", ["dense", "packed_blocks"])
+@pytest.mark.parametrize("density", [1.0, 0.5])
+@pytest.mark.parametrize("M", [1, 14])
+def test_block_sparse_inference(record, device, provider, density, M):
+    """Decoding-sized forward without autograd (CPU only: the packed kernel is a CPU kernel)."""
+    if device != "cpu":
+        pytest.skip("the packed-blocks kernel runs on the CPU")
+    from pyprune.sparse.packed import pack_blocks, packed_block_linear
+    K, N = 384, 1536
+    x, w, b = torch.randn(M, K), torch.randn(N, K), torch.randn(N)
+    mask = block_sparse.make_mask(N, K, density, False, device)
+    w = w * expand_mask(mask)
+    packed = pack_blocks(w, mask)
+    fns = {"dense": lambda: F.linear(x, w, b), "packed_blocks": lambda: packed_block_linear(x, packed, b)}
+    record.extra_info.update(provider=provider, density=density, tokens=M)
+    with torch.no_grad():
+        record.pedantic(fns[provider], warmup_rounds=5, rounds=200, iterations=1)

@@ -5,6 +5,14 @@ BSR weights and the Triton kernels on a GPU), timed in the same run.
 CPU: the automatic path must be no slower than masked dense at density 0.5.
 Masks are random blocks, or structured (whole block rows pruned, as FFN
 neuron pruning leaves them).
+
+``--inference``: forward only without autograd at decoding's token counts,
+on the layer shapes of the DEER demo's backbone (MiniLM: 384 hidden, 1536
+FFN), random masks. Each timed pass runs enough copies of the layer to
+overflow the last-level cache (64 MB of weights), as a model's layers do in
+sequence; times are per layer call. Providers: dense ``F.linear`` (the
+anchor), the compacted dense path with its weight kept, the packed-blocks
+kernel and ``BlockSparseLinear`` under ``no_grad`` (auto).
 """
 from __future__ import annotations
 
@@ -12,13 +20,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pyprune.nn import BlockSparseLinear
 from pyprune.sparse import block_sparse_linear, choose_path, expand_mask, layout_for
+from pyprune.sparse.linear import compact_dense, compact_weight
+from pyprune.sparse.packed import pack_blocks, packed_block_linear
 
-from .common import cli, environment, median_ms
+from .common import cli, environment, interleaved_median_ms, median_ms
 
 CPU_GRID = [(1024, 1024, 1024)]          # (M tokens, K in, N out)
 GPU_GRID = [(m, k, k) for k in (768, 1024, 3072, 4096) for m in (1024, 4096, 16384)]
 DENSITIES = (1.0, 0.75, 0.5, 0.25, 0.1)
+INFERENCE_SHAPES = [(384, 384), (384, 1536), (1536, 384)]     # (K in, N out)
+INFERENCE_TOKENS = (1, 14, 45, 480)      # batch-1 decoding pass, CTC pass, batch 32
+INFERENCE_DENSITIES = (1.0, 0.75, 0.5, 0.25)
+INFERENCE_WEIGHT_BYTES = 64 << 20
 
 
 def make_mask(N: int, K: int, density: float, structured: bool, device: str) -> torch.Tensor:
@@ -37,7 +52,53 @@ def _step(fn, x, w):
     return run
 
 
-def run(device: str = "cpu", repeats: int = 15, dtype=torch.float32) -> dict:
+@torch.no_grad()
+def run_inference(device: str = "cpu", repeats: int = 7, dtype=torch.float32) -> dict:
+    rows = []
+    for K, N in INFERENCE_SHAPES:
+        copies = max(1, INFERENCE_WEIGHT_BYTES // (K * N * torch.finfo(dtype).bits // 8))
+        for density in INFERENCE_DENSITIES:
+            mask = make_mask(N, K, density, False, device)
+            layers = [BlockSparseLinear.from_dense(torch.nn.Linear(K, N, device=device, dtype=dtype), mask)
+                      for _ in range(copies)]
+            layout = layout_for(mask)
+            kept = [(layer.weight, layer.bias, compact_weight(layer.weight, layout),
+                     pack_blocks(layer.weight, mask)) for layer in layers]
+            for M in INFERENCE_TOKENS:
+                x = torch.randn(M, K, device=device, dtype=dtype)
+                providers = {
+                    "dense": lambda: [F.linear(x, w, b) for w, b, _, _ in kept],
+                    "compact_dense": lambda: [compact_dense(x, w, b, layout, sub) for w, b, sub, _ in kept],
+                    "packed_blocks": lambda: [packed_block_linear(x, packed, b) for _, b, _, packed in kept],
+                    "auto": lambda: [layer(x) for layer in layers]}
+                for fn in providers.values():
+                    fn()                                     # warm-up (and the auto path's kept copies)
+                times = interleaved_median_ms(list(providers.values()), device, repeats)
+                row = {"M": M, "K": K, "N": N, "density": density, "copies": copies,
+                       "auto_path": layers[0].explain(M).path}
+                row.update({f"{name}_us": 1e3 * ms / copies for name, ms in zip(providers, times)})
+                rows.append(row)
+    return {"environment": environment(device), "dtype": str(dtype), "rows": rows, "inference": True}
+
+
+def format_inference_table(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']} "
+             f"[{env['backends']}] | {result['dtype']}, forward without autograd, us per layer call, "
+             f"weights cycled through {INFERENCE_WEIGHT_BYTES >> 20} MB", "",
+             "| tokens | K x N | density | dense us | compact dense us | packed blocks us | auto us (path) "
+             "| dense / packed | dense / auto |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['M']} | {r['K']}x{r['N']} | {r['density']} | {r['dense_us']:.1f} | "
+                     f"{r['compact_dense_us']:.1f} | {r['packed_blocks_us']:.1f} | {r['auto_us']:.1f} "
+                     f"({r['auto_path']}) | {r['dense_us'] / r['packed_blocks_us']:.2f} | "
+                     f"{r['dense_us'] / r['auto_us']:.2f} |")
+    return "\n".join(lines)
+
+
+def run(device: str = "cpu", repeats: int = 15, dtype=torch.float32, inference: bool = False) -> dict:
+    if inference:
+        return run_inference(device, dtype=dtype)
     grid = GPU_GRID if device.startswith("cuda") else CPU_GRID
     rows = []
     for M, K, N in grid:
@@ -63,6 +124,8 @@ def run(device: str = "cpu", repeats: int = 15, dtype=torch.float32) -> dict:
 
 
 def format_table(result: dict) -> str:
+    if result.get("inference"):
+        return format_inference_table(result)
     env = result["environment"]
     gpu = "block_sparse_ms" in result["rows"][0]
     head = ["| M x K x N | mask | density | dense ms | masked dense ms | auto ms (path) | auto / masked |"]
@@ -82,4 +145,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    return cli("block_sparse", __doc__, argv, run, format_table)
+    return cli("block_sparse", __doc__, argv, run, format_table,
+               lambda parser: parser.add_argument("--inference", action="store_true",
+                                                  help="forward without autograd at decoding's token counts"),
+               lambda args: {"inference": args.inference})
