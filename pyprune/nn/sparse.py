@@ -76,37 +76,30 @@ class BlockSparseLinear(nn.Linear):
                 linear.bias.copy_(self.bias)
         return linear
 
-    def _weight_grad(self) -> bool:
-        return torch.is_grad_enabled() and self.weight.requires_grad
-
-    def _needs_grad(self, input: Tensor) -> bool:
-        return torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad
-                                            or (self.bias is not None and self.bias.requires_grad))
+    @staticmethod
+    def _grad(*tensors: Optional[Tensor]) -> bool:
+        """Whether a call now would record autograd for any of `tensors`."""
+        return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
     def explain(self, tokens: int, weight_grad: Optional[bool] = None, inference: Optional[bool] = None) -> PathChoice:
         """The path the cost model picks for `tokens` rows of input, and why (`weight_grad`: whether the
         weight needs a gradient; `inference`: whether nothing does; by default, whether they would in a
         call now with an input that needs none)."""
-        weight_grad = self._weight_grad() if weight_grad is None else weight_grad
+        weight_grad = self._grad(self.weight) if weight_grad is None else weight_grad
         if inference is None:
-            inference = not weight_grad and not (torch.is_grad_enabled() and self.bias is not None
-                                                 and self.bias.requires_grad)
+            inference = not weight_grad and not self._grad(self.bias)
         return choose_path(layout_for(self.block_mask), tokens, self.weight.device, weight_ready=not weight_grad,
                            inference=inference, dtype=self.weight.dtype)
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.force_path is not None:
-            if self.force_path == "packed_blocks":
-                return packed_block_linear(input, self._packed(), self.bias)
-            return block_sparse_linear(input, self.weight, self.bias, self.block_mask, self.force_path)
         layout = layout_for(self.block_mask)
-        weight_grad = self._weight_grad()
-        path = choose_path(layout, input.numel() // max(self.in_features, 1), self.weight.device,
-                           weight_ready=not weight_grad, inference=not self._needs_grad(input),
-                           dtype=input.dtype).path
+        weight_grad = self._grad(self.weight)
+        path = self.force_path or choose_path(
+            layout, input.numel() // max(self.in_features, 1), self.weight.device, weight_ready=not weight_grad,
+            inference=not self._grad(input, self.weight, self.bias), dtype=input.dtype).path
         if path == "packed_blocks":
             return packed_block_linear(input, self._packed(), self.bias)
-        if not weight_grad:
+        if self.force_path is None and not weight_grad:
             # Dead blocks are stored as zeros: without a weight gradient to keep out of them there is
             # nothing to mask (masking would copy the whole weight on every call), and the compacted
             # weight is gathered once and kept until the weight or the mask changes (one extra copy of

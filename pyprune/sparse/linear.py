@@ -40,12 +40,13 @@ KERNEL_EFFICIENCY = {"cuda": 0.5, "cpu": 0.0}
 # below this the compacted path lost to masked dense at density 0.5.
 GATHER_COST = 64.0
 # The packed CPU kernel's speed relative to torch's dense GEMM of the same
-# flops (with fp32 weights that fit the cache it is 1.1-1.8x faster at 14-480
-# tokens and 0.85x at one token: bench/test_block_sparse_bench.py, CPU grid).
+# flops: with every block live it is 1.1-2.8x faster at 1-480 tokens
+# (`pyprune bench block_sparse --inference`, bench/RESULTS.md); the low end.
 PACKED_SPEED = 1.1
-# What one more op call costs on the CPU, in multiply-adds (about 10 us): at a
-# few dozen tokens the compacted path's gather and scatter cost more than the
-# matmul they save (bench/RESULTS.md).
+# What one more op call costs on the CPU, in multiply-adds: an estimate of
+# torch's per-op overhead at decoding sizes (about 10 us at ~100 GMAC/s), not
+# fitted. With it, at a few dozen tokens the compacted path's gather and
+# scatter no longer win over the matmul they save.
 CPU_CALL_COST = 1e6
 
 
