@@ -1,6 +1,7 @@
 """DEER on a tiny random BERT: masks, CTC input, glancing, editor labels, generate, checkpoints, bad input."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -14,8 +15,11 @@ from pyprune.deer.baseline import AutoregressiveBaseline, train_baseline
 from pyprune.deer.generate import fill_words, generate_ids, pad_rows
 from pyprune.deer.losses import (PENALTY_GRID, content, ctc_draft_tokens, glance, length_matching_penalty,
                                  random_deletion)
+from pyprune.deer.model import pack_for_inference
 from pyprune.deer.train import TrainConfig, encode_pairs, set_dropout, target_vocabulary, train
+from pyprune.nn import BlockSparseLinear
 from pyprune.ops import apply_ins_words, get_ins_targets
+from pyprune.sparse.linear import packed_usable
 
 SOURCES = ["el perro come pan", "la casa es grande y bonita", "dios es amor"]
 TARGETS = ["the dog eats bread", "the house is big and pretty", "god is love"]
@@ -274,8 +278,11 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     assert [r["blank_penalty"] for r in result["rows"]] == [deer.penalty(1.0)] * 2 + [deer.penalty(0.5)] * 2
     assert format_table(result).count("| DEER |") == 4
     override = evaluate(deer, list(zip(SOURCES, TARGETS)), keeps=(1.0,), iterations=(0,), latency_sentences=1,
-                        progress=False, blank_penalty=-100.0)
+                        progress=False, blank_penalty=-100.0, packed=False)
     assert override["rows"][0]["tokens"] == 0 and override["rows"][0]["blank_penalty"] == -100.0
+    packed = packed_usable(torch.device("cpu"), torch.float32)
+    assert (result["kernels"], override["kernels"]) == ("pyprune packed-blocks" if packed else "torch", "torch")
+    assert "linear layers on torch kernels" in format_table(override)
     assert result["copy_bleu"] == pytest.approx(bleu(SOURCES, TARGETS)) and result["copy_bleu"] < 5
     pytest.importorskip("matplotlib")
     from pyprune.deer.evaluate import plot
@@ -484,6 +491,35 @@ def test_autoregressive_baseline_cache_matches_full_recompute(tokenizer):
                     break
                 prefix.append(token)
             assert prefix[1:] == got
+
+
+@pytest.mark.skipif(not packed_usable(torch.device("cpu"), torch.float32), reason="the cpp extension is not built")
+def test_packed_inference_copies_compute_what_the_models_compute(tokenizer):
+    deer = make(tokenizer)
+    c = deer.model.config
+    sources, targets = batch(deer)
+    lengths = sources.ne(c.pad_id).sum(1)
+    for keep in (1.0, 0.5):
+        plain, packed = deer.sub_network(keep), deer.sub_network(keep, packed=True)
+        assert deer.sub_network(keep, packed=True) is packed and plain.output_layer is None
+        assert not any(type(m) in (torch.nn.Linear, BlockSparseLinear) for m in packed.modules())
+        with torch.no_grad():
+            for m in (plain, packed):
+                cache, h = m.encode_with_target(sources, m.ctc_slots(sources, lengths))
+                states = m.decode_target(cache, targets)
+                m.outputs = [m.vocab_logits(h), states, m.deletion_logits(states), m.placeholder_logits(states)]
+        for got, expected in zip(packed.outputs, plain.outputs):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError, match="input"):                 # an inference copy: no training
+            packed.vocab_logits(torch.randn(1, 2, 64, requires_grad=True))
+    assert type(deer.model.transform[0]) is torch.nn.Linear and deer.model.output_layer is None
+    cfg = deer.model.encoder.config
+    baseline = AutoregressiveBaseline(transformers.BertModel(cfg, add_pooling_layer=False),
+                                      deer.model.restricted_vocab(), c.pad_id, c.bos_id, c.eos_id, layers=2).eval()
+    packed_baseline = copy.deepcopy(baseline)
+    assert pack_for_inference(packed_baseline) == 2 * 10 + 6 * 2 + 1     # decoder, encoder, output layer
+    with torch.no_grad():
+        torch.testing.assert_close(packed_baseline(sources, targets), baseline(sources, targets), rtol=1e-5, atol=1e-5)
 
 
 def test_decoding_benchmark_variants_agree(tokenizer):

@@ -14,7 +14,7 @@ from .._validation import fail
 from ..io import atomic_torch_save
 from ..pruning import DEFAULT_KEEP, BlockMovementPruning
 from .generate import generate_ids
-from .model import DeerConfig, DeerModel, special_ids
+from .model import DeerConfig, DeerModel, pack_for_inference, special_ids
 
 FORMAT = "pyprune-deer-1"
 CHECKPOINT = "checkpoint.pt"
@@ -107,10 +107,18 @@ class Deer:
         """Forget compacted sub-networks (call after the weights or scores change)."""
         self._subnetworks = {}
 
-    def sub_network(self, keep: float = 1.0, dtype: Optional[torch.dtype] = None) -> DeerModel:
+    def sub_network(self, keep: float = 1.0, dtype: Optional[torch.dtype] = None, packed: bool = False) -> DeerModel:
         """The model at keep ratio `keep`, compacted, in eval mode (cached until ``clear_cache``); `dtype`: a
-        copy in that floating-point type for inference (e.g. ``torch.bfloat16``; the model itself is not cast)."""
+        copy in that floating-point type for inference (e.g. ``torch.bfloat16``; the model itself is not cast);
+        `packed`: a copy whose linear layers run on the packed-blocks CPU kernel where it can
+        (``pack_for_inference``: float32 on the CPU), for decoding only."""
         keep = self._keep(keep)
+        if packed:
+            if (keep, dtype, "packed") not in self._subnetworks:
+                model = copy.deepcopy(self.sub_network(keep, dtype))
+                pack_for_inference(model)
+                self._subnetworks[keep, dtype, "packed"] = model.eval()
+            return self._subnetworks[keep, dtype, "packed"]
         if dtype is not None and dtype != self.model.output_bias.dtype:
             if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
                 fail("dtype", "a floating-point torch.dtype (e.g. torch.bfloat16)", dtype)
@@ -150,12 +158,13 @@ class Deer:
     def generate(self, sources: Sequence[str], max_iter: int = 2, adaptive: bool = True, keep: float = 1.0,
                  batch_size: int = 32, blank_penalty: Optional[float] = None,
                  dtype: Optional[torch.dtype] = None, deletion_penalty: Optional[float] = None,
-                 insertion_penalty: Optional[float] = None) -> list[str]:
+                 insertion_penalty: Optional[float] = None, packed: bool = True) -> list[str]:
         """Translate/generate for each source string: CTC draft, then up to `max_iter` edit iterations.
         `blank_penalty`, `deletion_penalty`, `insertion_penalty`: see ``generate_ids`` (None: the trained
-        ones of `keep`, ``decoding``); `dtype`: compute in this floating-point type (``sub_network``)."""
+        ones of `keep`, ``decoding``); `dtype`: compute in this floating-point type; `packed`: linear layers
+        on the packed-blocks CPU kernel where it runs, else torch's (``sub_network``)."""
         ids = self.encode(sources)
-        model = self.sub_network(keep, dtype)
+        model = self.sub_network(keep, dtype, packed)
         return self.decode(generate_ids(model, ids, max_iter=max_iter, adaptive=adaptive, batch_size=batch_size,
                                         **self.decoding(keep, blank_penalty, deletion_penalty, insertion_penalty)))
 

@@ -87,17 +87,23 @@ class AutoregressiveBaseline(nn.Module):
                                     for _ in range(layers))
         self.final_norm = nn.LayerNorm(hidden)
         self.output_bias = nn.Parameter(torch.zeros(len(out)))
+        self.output_layer: Optional[nn.Module] = None       # set by pack_for_inference
         nn.init.normal_(self.positions.weight, std=cfg.initializer_range)
 
     def _embed(self, tokens: Tensor, start: int = 0) -> Tensor:
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         return self.embed_norm(self.encoder.embeddings.word_embeddings(tokens) + self.positions(positions)[None])
 
-    def _logits(self, h: Tensor) -> Tensor:
+    def output_matrix(self) -> Tensor:
+        """(outputs, hidden): the tied word embeddings of the output vocabulary; decoding keeps the gathered
+        rows (one gather per generated token cost more than the matmul)."""
         words = self.encoder.embeddings.word_embeddings.weight
-        # Decoding keeps the gathered output rows (one gather per generated token cost more than the matmul).
-        matrix = unless_recorded(self, "_output_cache", (words, self.out_to_token), lambda: words[self.out_to_token])
-        return F.linear(self.final_norm(h), matrix, self.output_bias)
+        return unless_recorded(self, "_output_cache", (words, self.out_to_token), lambda: words[self.out_to_token])
+
+    def _logits(self, h: Tensor) -> Tensor:
+        if self.output_layer is not None:
+            return self.output_layer(self.final_norm(h))
+        return F.linear(self.final_norm(h), self.output_matrix(), self.output_bias)
 
     def _memory(self, sources: Tensor):
         valid = sources.ne(self.pad_id)

@@ -56,7 +56,7 @@ def calibrate_edits(deer, pairs: Sequence[tuple[str, str]], keeps: Optional[Sequ
     scores: dict = {}
     bar = tqdm(total=len(keeps) * len(sources), desc="calibrating edits", unit="sentence", disable=not progress)
     for keep in keeps:
-        model = deer.sub_network(keep)
+        model = deer.sub_network(keep, packed=True)          # as generate decodes
         outputs = {point: [None] * len(sources) for point in grid}
         for index, batch in sorted_batches(sources, batch_size, c.pad_id, model.output_bias.device):
             cache, draft = ctc_draft(model, batch, deer.penalty(keep))

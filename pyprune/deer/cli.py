@@ -156,7 +156,8 @@ def cmd_generate(args) -> int:
         chunk = lines[start:start + args.batch_size]
         for out in deer.generate(chunk, max_iter=args.iterations, keep=args.keep, batch_size=args.batch_size,
                                  blank_penalty=args.blank_penalty, dtype=_dtype(args.dtype),
-                                 deletion_penalty=args.deletion_penalty, insertion_penalty=args.insertion_penalty):
+                                 deletion_penalty=args.deletion_penalty, insertion_penalty=args.insertion_penalty,
+                                 packed=args.kernels == "pyprune"):
             print(out)
     return 0
 
@@ -168,7 +169,7 @@ def _dtype(name):
 def run_evaluation(run: str, data: str, split: str, keeps, iterations, latency_sentences: int, limit=None,
                    out=None, **options) -> str:
     """Evaluate run directory `run`; the table, JSON and plot go to `out` (default: `run`); `options`: more
-    arguments of ``evaluate`` (penalties, dtype)."""
+    arguments of ``evaluate`` (penalties, dtype, packed)."""
     from ..data.parallel import read_split
     from .api import Deer
     from .evaluate import evaluate, format_table, plot
@@ -192,7 +193,8 @@ def cmd_evaluate(args) -> int:
         torch.set_num_threads(args.threads)
     print(run_evaluation(args.model, args.data, args.split, args.keeps, args.iterations, args.latency_sentences,
                          args.limit, args.out, blank_penalty=args.blank_penalty, dtype=_dtype(args.dtype),
-                         deletion_penalty=args.deletion_penalty, insertion_penalty=args.insertion_penalty))
+                         deletion_penalty=args.deletion_penalty, insertion_penalty=args.insertion_penalty,
+                         packed=args.kernels == "pyprune"))
     return 0
 
 
@@ -246,6 +248,9 @@ def main(argv=None) -> int:
     _edit_penalty_arguments(gen)
     dtypes = ["float32", "bfloat16", "float16"]
     gen.add_argument("--dtype", choices=dtypes, default=None, help="compute in this type (default: the model's)")
+    kernels_help = ("linear layers on pyprune's packed-blocks CPU kernel (where it runs: float32 on the CPU) or on "
+                    "torch's")
+    gen.add_argument("--kernels", choices=["pyprune", "torch"], default="pyprune", help=kernels_help)
     ev = commands.add_parser("evaluate", help="BLEU and latency per keep ratio x iterations (+ AR baseline)")
     ev.add_argument("--model", required=True, help="run directory")
     ev.add_argument("--data", default="default")
@@ -258,6 +263,8 @@ def main(argv=None) -> int:
     ev.add_argument("--blank-penalty", type=float, default=None, help=penalty_help)
     _edit_penalty_arguments(ev)
     ev.add_argument("--dtype", choices=dtypes, default=None, help="DEER and the AR baseline compute in this type")
+    ev.add_argument("--kernels", choices=["pyprune", "torch"], default="pyprune",
+                    help=kernels_help.replace("linear layers", "DEER's and the AR baseline's linear layers"))
     ev.add_argument("--out", default=None, help="write results.md/.json/.png here (default: the run directory)")
     args = parser.parse_args(argv)
     return {"prepare-data": cmd_prepare, "train": cmd_train, "generate": cmd_generate,

@@ -12,6 +12,7 @@ from ..report import markdown_table, save_plot
 from .api import Deer
 from .baseline import AutoregressiveBaseline
 from .generate import generate_ids
+from .model import pack_for_inference
 
 
 # Batch-1 latency is the median of this many timed passes over the latency sentences. The passes of all rows
@@ -48,17 +49,19 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
              iterations: Sequence[int] = (0, 1, 2), baseline: Optional[AutoregressiveBaseline] = None,
              latency_sentences: int = 50, progress: bool = True, blank_penalty: Optional[float] = None,
              dtype: Optional[torch.dtype] = None, deletion_penalty: Optional[float] = None,
-             insertion_penalty: Optional[float] = None) -> dict:
+             insertion_penalty: Optional[float] = None, packed: bool = True) -> dict:
     """One row per (keep, iterations) and one for the baseline: BLEU, ms/sentence at batch 1 and 32, params.
     DEER decodes with each keep ratio's trained penalties (``Deer.decoding``), except those given here, which
     hold for all. `dtype`: DEER and the baseline both compute in this floating-point type (copies; default:
-    their own)."""
+    their own). `packed`: both run their linear layers on the packed-blocks CPU kernel where it can
+    (``pack_for_inference``), else both on torch's; the result's ``kernels`` says which ran."""
     from tqdm.auto import tqdm
     sources = deer.encode([s for s, _ in pairs])
     references = [t for _, t in pairs]
     timed = sources[:latency_sentences]
     device = deer.model.output_bias.device.type
     rows, runs = [], []
+    kernels = set()                                       # per model: whether its linear layers are packed
 
     def measure(row: dict, run) -> None:
         ids = run(sources, 32)
@@ -70,23 +73,31 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
 
     for keep, iters in tqdm([(k, i) for k in keeps for i in iterations], desc="evaluating DEER",
                             disable=not progress):
-        model = deer.sub_network(keep, dtype)
+        params = count_parameters(deer.sub_network(keep, dtype), live=True)
+        model = deer.sub_network(keep, dtype, packed)
+        kernels.add(model.output_layer is not None)
         penalties = deer.decoding(keep, blank_penalty, deletion_penalty, insertion_penalty)
-        measure({"model": "DEER", "keep": keep, "iterations": iters, "params": count_parameters(model, live=True),
+        measure({"model": "DEER", "keep": keep, "iterations": iters, "params": params,
                  **penalties},
                 lambda src, batch_size, model=model, iters=iters, penalties=penalties: generate_ids(
                     model, src, max_iter=iters, batch_size=batch_size, **penalties))
     if baseline is not None:
+        params = count_parameters(baseline)                 # before packing: packed layers hold buffers
         if dtype is not None:
             baseline = copy.deepcopy(baseline).to(dtype)
+        if packed:
+            baseline = copy.deepcopy(baseline)
+            kernels.add(pack_for_inference(baseline) > 0)
         measure({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)", "keep": 1.0,
-                 "iterations": None, "params": count_parameters(baseline)},
+                 "iterations": None, "params": params},
                 lambda src, batch_size: baseline.generate_ids(src, batch_size=batch_size))
     for row, ms in zip(rows, _batch1_ms(runs, timed, device, BATCH1_REPEATS)):
         row["ms_batch1"] = ms
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
             "device": str(deer.model.output_bias.device), "sentences": len(pairs),
             "dtype": str(dtype or deer.model.output_bias.dtype).replace("torch.", ""),
+            "kernels": {frozenset({True}): "pyprune packed-blocks", frozenset({False}): "torch"}.get(
+                frozenset(kernels), "mixed"),
             "latency_sentences": len(timed), "copy_bleu": bleu([s for s, _ in pairs], references),
             "reference_tokens": _mean_length([t[1:-1] for t in deer.encode(references, name="references")]),
             "source_example": pairs[0][0] if pairs else "",
@@ -102,7 +113,7 @@ def format_table(result: dict) -> str:
         return [r["model"], f"{r['keep']:g}", iters, penalty, f"{r['params'] / 1e6:.1f}M", f"{r['bleu']:.2f}",
                 f"{r['tokens']:.1f}", f"{r['ms_batch1']:.1f}", f"{r['ms_batch32']:.2f}"]
     lines = [f"{result['date']} | {result['device']}, {result['threads']} threads, "
-             f"{result.get('dtype', 'float32')} | BLEU (sacrebleu, lowercased) "
+             f"{result.get('dtype', 'float32')}, linear layers on {result.get('kernels', 'torch')} kernels | BLEU (sacrebleu, lowercased) "
              f"on {result['sentences']} test sentences | latency: ms per sentence, batch 1 over the first "
              f"{result['latency_sentences']}, batch 32 over all | the sources copied unchanged score "
              f"{result['copy_bleu']:.2f} BLEU | tokens: output tokens per sentence (the references: "

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .._memo import unless_recorded
 from .._validation import fail
+from ..nn.packed import PackedLinear, pack_linears
 
 BACKBONES = ("bert", "roberta", "xlm-roberta")
 
@@ -73,6 +74,20 @@ class SourceCache:
 
     def select(self, rows: Tensor) -> "SourceCache":
         return SourceCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.mask[rows])
+
+
+def pack_for_inference(model: nn.Module) -> int:
+    """Swap, in place, the linear layers of `model` (a ``DeerModel`` or the autoregressive baseline) and its
+    output projection (``output_matrix()``, ``output_bias``) for ``PackedLinear`` ones, which run on the
+    packed-blocks CPU kernel; returns how many were swapped (0: the kernel cannot run this model's weights,
+    for example on a GPU or in bfloat16, and nothing changed). The model then only decodes: packed layers
+    do not train."""
+    count = pack_linears(model)
+    if count:
+        with torch.no_grad():
+            model.output_layer = PackedLinear(model.output_matrix(), model.output_bias)
+        count += 1
+    return count
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
@@ -150,6 +165,7 @@ class DeerModel(nn.Module):
         self.blank = nn.Parameter(torch.randn(1, hidden) * enc.initializer_range)
         self.output_bias = nn.Parameter(torch.zeros(len(out_to_token)))
         self.delete_head = nn.Linear(hidden, 2)
+        self.output_layer: Optional[nn.Module] = None       # set by pack_for_inference
         self.placeholder_head = nn.Linear(2 * hidden, config.max_placeholders)
         for head in (self.transform[0], self.delete_head, self.placeholder_head):
             nn.init.normal_(head.weight, std=enc.initializer_range)
@@ -287,6 +303,8 @@ class DeerModel(nn.Module):
 
     def vocab_logits(self, h: Tensor, matrix: Optional[Tensor] = None) -> Tensor:
         """(batch, T, classes) logits over blank + output vocabulary (`matrix`: an ``output_matrix()``)."""
+        if matrix is None and self.output_layer is not None:
+            return self.output_layer(self.transform(h))
         return F.linear(self.transform(h), self.output_matrix() if matrix is None else matrix, self.output_bias)
 
     def insertion_logits(self, h: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """Drop-in nn.Modules backed by pyprune ops."""
 from .ctc import CTCLoss, CTCLossFromLogits
+from .packed import PackedLinear, pack_linears
 from .sparse import BlockSparseLinear
 
-__all__ = ["BlockSparseLinear", "CTCLoss", "CTCLossFromLogits"]
+__all__ = ["BlockSparseLinear", "CTCLoss", "CTCLossFromLogits", "PackedLinear", "pack_linears"]

@@ -1,0 +1,105 @@
+"""Inference-only linear layers on the packed-blocks CPU kernel.
+
+At decoding's token counts (1 to a few dozen rows) torch's dense GEMM is
+far from the memory bound on a CPU; the packed-blocks kernel
+(``pyprune.sparse.packed``) reads each 32x32 weight block once and keeps a
+block row's outputs in registers, so it is faster even with every block live
+(``pyprune bench block_sparse --inference``), and it skips blocks that are
+all zero (a block-pruned layer's dead blocks). ``PackedLinear`` is an
+``nn.Linear`` stand-in built on it; ``pack_linears`` swaps them into a model
+meant for inference. The result is the same computation in a different
+order of additions (float32 rounding), with no autograd.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import fail
+from ..sparse.layout import BLOCK
+from ..sparse.linear import packed_usable
+from ..sparse.packed import PackedBlocks, pack_blocks, packed_block_linear
+from .sparse import BlockSparseLinear
+
+
+def _round_up(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+class PackedLinear(nn.Module):
+    """``x W^T + b`` for inference from a weight's nonzero 32x32 blocks (zero-padded to whole blocks).
+
+    Build it with ``PackedLinear(weight, bias)`` or ``PackedLinear.from_linear(linear)``; the packed
+    blocks are buffers (they follow ``.to()``), not parameters: nothing here trains. Inputs that need a
+    gradient are refused (``packed_block_linear``).
+    """
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor] = None) -> None:
+        super().__init__()
+        if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+            fail("weight", "a floating-point (out_features, in_features) tensor",
+                 tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__)
+        self.out_features, self.in_features = weight.shape
+        if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (self.out_features,)):
+            fail("bias", f"None or a ({self.out_features},) tensor",
+                 tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__)
+        N, K = _round_up(self.out_features), _round_up(self.in_features)
+        with torch.no_grad():
+            padded = F.pad(weight.detach(), (0, K - self.in_features, 0, N - self.out_features))
+            live = padded.reshape(N // BLOCK, BLOCK, K // BLOCK, BLOCK).ne(0).any(3).any(1)
+            packed = pack_blocks(padded, live)
+            padded_bias = None if bias is None else F.pad(bias.detach().to(weight.dtype), (0, N - self.out_features))
+        self.register_buffer("blocks", packed.blocks)
+        self.register_buffer("row_ptr", packed.row_ptr)
+        self.register_buffer("col_index", packed.col_index)
+        self.register_buffer("bias", padded_bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "PackedLinear":
+        """The same layer packed (`linear` is not modified; a ``BlockSparseLinear``'s dead blocks stay dead)."""
+        if not isinstance(linear, nn.Linear):
+            fail("linear", "an nn.Linear", type(linear).__name__)
+        return cls(linear.weight, linear.bias)
+
+    @property
+    def live_blocks(self) -> int:
+        return self.blocks.shape[0]
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) or input.dim() < 1 or input.shape[-1] != self.in_features:
+            fail("input", f"a (..., {self.in_features}) tensor",
+                 tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__)
+        if input.requires_grad and torch.is_grad_enabled():
+            fail("input", "a tensor that needs no gradient (PackedLinear is for inference; train the nn.Linear "
+                 "it was built from)", "a tensor that requires grad")
+        K = _round_up(self.in_features)
+        if K != self.in_features:
+            input = F.pad(input, (0, K - self.in_features))
+        y = packed_block_linear(input, PackedBlocks(self.blocks, self.row_ptr, self.col_index, K), self.bias)
+        return y if y.shape[-1] == self.out_features else y[..., :self.out_features]
+
+    def extra_repr(self) -> str:
+        total = _round_up(self.out_features) * _round_up(self.in_features) // (BLOCK * BLOCK)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, live_blocks={self.live_blocks}/{total}")
+
+
+def pack_linears(module: nn.Module) -> int:
+    """Replace, in place, every ``nn.Linear`` and ``BlockSparseLinear`` inside `module` (those exact types:
+    a subclass may compute otherwise, as ``nn.MultiheadAttention``'s projection does) whose weight the
+    packed kernel runs (float32 on the CPU, the ``cpp`` backend built and enabled) by a
+    ``PackedLinear``; returns how many were replaced (0: none could be, `module` is unchanged). For a
+    model used only for inference: the packed layers do not train."""
+    if not isinstance(module, nn.Module):
+        fail("module", "an nn.Module", type(module).__name__)
+    count = 0
+    for name, child in list(module.named_children()):
+        if type(child) in (nn.Linear, BlockSparseLinear) and packed_usable(child.weight.device, child.weight.dtype):
+            setattr(module, name, PackedLinear.from_linear(child))
+            count += 1
+        else:
+            count += pack_linears(child)
+    return count
