@@ -12,6 +12,9 @@ twice gives:
   position (anchor) against at the placeholders only (``fill_words``).
 - autoregressive baseline: greedy decoding gathering its output rows from
   the word embeddings at every step (anchor) against keeping them.
+- on the CPU, whole decoding (DEER at keep 1 with two edit iterations, and
+  the AR baseline) with every linear layer on torch's GEMM (anchor) against
+  the packed-blocks kernel (``pack_for_inference``).
 
 Model: a run directory (``--run``, as ``pyprune deer train`` writes it) or, by
 default, the packaged MiniLM with untrained heads and a 3-layer baseline
@@ -116,6 +119,8 @@ def measure(deer, baseline, source_ids, rounds: int, device: str = "cpu") -> lis
               range(len(sources))),
              ("autoregressive greedy", "output rows gathered per step", ar(gathered_logits), "kept", ar(kept_logits),
               sources)]
+    if device == "cpu":                                  # the packed-blocks kernel runs on the CPU only
+        steps += _packed_steps(deer, model, baseline, ar(kept_logits), sources)
     rows = []
     with torch.inference_mode():
         for name, anchor_name, anchor, ours_name, ours, inputs in steps:
@@ -134,6 +139,27 @@ def measure(deer, baseline, source_ids, rounds: int, device: str = "cpu") -> lis
             rows.append({"step": name, "anchor": anchor_name, "anchor_ms": anchor_ms, "pyprune": ours_name,
                          "pyprune_ms": ours_ms, "speedup": anchor_ms / ours_ms})
     return rows
+
+
+def _packed_steps(deer, model, baseline, ar_decode, sources) -> list:
+    """Whole decoding with every linear layer on torch's GEMM (anchor) against the packed-blocks kernel
+    (``pack_for_inference``), DEER at keep 1 with two edit iterations and the AR baseline alike."""
+    import copy
+    from pyprune.deer.generate import generate_ids
+    from pyprune.deer.model import pack_for_inference
+    packed_model = copy.deepcopy(model)
+    packed_baseline = copy.deepcopy(baseline)
+    if not pack_for_inference(packed_model) or not pack_for_inference(packed_baseline):
+        return []                                        # the cpp extension is not built: nothing to compare
+    penalties = deer.decoding(1.0)
+
+    def deer_decode(m):
+        return lambda s: generate_ids(m, [s[0].tolist()], max_iter=2, batch_size=1, **penalties)
+
+    return [("DEER decoding (keep 1, 2 iterations)", "torch linear layers", deer_decode(model), "packed kernel",
+             deer_decode(packed_model), sources),
+            ("autoregressive decoding", "torch linear layers", ar_decode, "packed kernel",
+             lambda s: packed_baseline.generate_ids([s[0].tolist()], batch_size=1), sources)]
 
 
 def format_table(result: dict) -> str:
