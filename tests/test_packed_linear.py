@@ -56,6 +56,18 @@ def test_the_layer_copies_and_does_not_train():
         packed(torch.ones(1, 32, requires_grad=True))
 
 
+@needs_kernel
+def test_the_direct_kernel_call_is_the_registered_op():
+    torch.manual_seed(3)
+    packed = PackedLinear.from_linear(nn.Linear(70, 45))
+    x = torch.randn(2, 3, 70)
+    with torch.no_grad():
+        direct = packed(x)
+        assert torch.equal(direct, packed._checked(x))               # the same kernel through the dispatcher
+        with pyprune.backends.disabled("cpp"):                       # the op's reference, not the kernel
+            torch.testing.assert_close(packed(x), direct, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("call,name", [
     (lambda: PackedLinear(torch.zeros(4)), "weight"),
     (lambda: PackedLinear(torch.zeros(4, 4, dtype=torch.long)), "weight"),

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import backends
 from .._validation import fail
 from ..sparse.layout import BLOCK
 from ..sparse.linear import packed_usable
@@ -69,6 +70,26 @@ class PackedLinear(nn.Module):
         return self.blocks.shape[0]
 
     def forward(self, input: Tensor) -> Tensor:
+        buffers = self._buffers                            # (the attribute lookups cost as much as the checks)
+        blocks = buffers["blocks"]
+        if (type(input) is Tensor and input.dtype is torch.float32 and blocks.dtype is torch.float32
+                and input.device.type == "cpu" and input.dim() >= 1 and input.shape[-1] == self.in_features
+                and not (input.requires_grad and torch.is_grad_enabled()) and backends.enabled("cpp")
+                and backends.has_kernel("bsr_linear", "CPU")):
+            # What the op pyprune::packed_block_linear runs here, without its two trips through the
+            # dispatcher and its checks, which at one token cost about as much as the kernel; the weight
+            # side was checked when the layer was built.
+            x = input if input.dim() == 2 else input.reshape(-1, self.in_features)
+            if self.in_features % BLOCK:
+                x = F.pad(x, (0, _round_up(self.in_features) - self.in_features))
+            y = torch.ops.pyprune_C.bsr_linear(x, blocks, buffers["row_ptr"], buffers["col_index"], buffers["bias"])
+            if y.shape[1] != self.out_features:
+                y = y[:, :self.out_features]
+            return y if input.dim() == 2 else y.reshape(*input.shape[:-1], self.out_features)
+        return self._checked(input)
+
+    def _checked(self, input: Tensor) -> Tensor:
+        """Through the registered op, with every check (other dtypes and devices: its reference)."""
         if not isinstance(input, Tensor) or input.dim() < 1 or input.shape[-1] != self.in_features:
             fail("input", f"a (..., {self.in_features}) tensor",
                  tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__)
