@@ -113,7 +113,8 @@ def format_table(result: dict) -> str:
         return [r["model"], f"{r['keep']:g}", iters, penalty, f"{r['params'] / 1e6:.1f}M", f"{r['bleu']:.2f}",
                 f"{r['tokens']:.1f}", f"{r['ms_batch1']:.1f}", f"{r['ms_batch32']:.2f}"]
     lines = [f"{result['date']} | {result['device']}, {result['threads']} threads, "
-             f"{result.get('dtype', 'float32')}, linear layers on {result.get('kernels', 'torch')} kernels | BLEU (sacrebleu, lowercased) "
+             f"{result.get('dtype', 'float32')}, linear layers on {result.get('kernels', 'torch')} kernels | "
+             f"BLEU (sacrebleu, lowercased) "
              f"on {result['sentences']} test sentences | latency: ms per sentence, batch 1 over the first "
              f"{result['latency_sentences']}, batch 32 over all | the sources copied unchanged score "
              f"{result['copy_bleu']:.2f} BLEU | tokens: output tokens per sentence (the references: "
