@@ -581,6 +581,12 @@ def test_command_line_train_generate_evaluate(tokenizer, tmp_path, capsys, monke
     assert set(deer.edit_penalty) == set(deer.keep_ratios)                # calibrated on the valid split
     assert (run / "baseline.pt").is_file()
     capsys.readouterr()
+    assert main(["train", "--backbone", str(backbone), "--data", str(data), "--out", str(run), "--steps", "4",
+                 "--batch-size", "3", "--calibrate-sentences", "0"]) == 0      # resumed at its last step
+    assert "already at step 4 of --steps 4; nothing to train" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(run), "--calibrate-sentences", "-1"])
+    assert "--calibrate-sentences: expected an integer >= 0, got '-1'" in capsys.readouterr().err
     sources = tmp_path / "sources.txt"
     sources.write_text("\n".join(SOURCES) + "\n")
     assert main(["generate", "--model", str(run), "--input", str(sources), "--keep", "0.5", "--iterations", "1",

@@ -98,8 +98,11 @@ def cmd_train(args) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
                          time_limit=args.time_limit, dropout=args.dropout, seed=args.seed)
     summary = train(deer, encoded, args.out, config, LossConfig(draft_prob=args.draft_prob), resume=resume)
-    print(f"DEER: {summary['step']} steps in {summary['seconds']:.0f} s, last losses {summary['losses']}",
-          file=sys.stderr)
+    if summary["losses"]:
+        print(f"DEER: {summary['step']} steps in {summary['seconds']:.0f} s, last losses {summary['losses']}",
+              file=sys.stderr)
+    else:
+        print(f"DEER: already at step {summary['step']} of --steps {args.steps}; nothing to train", file=sys.stderr)
     if _distributed()[0] != 0:          # under torchrun, rank 0 alone calibrates and trains the baseline
         return 0
     if args.calibrate_sentences:
@@ -198,6 +201,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _train_arguments(parser) -> None:
     parser.add_argument("--data", default="default", help=f"{'|'.join(CORPORA)} or a directory of splits")
     parser.add_argument("--backbone", default="minilm", help="'minilm' (packaged) or a local model directory")
@@ -215,9 +229,9 @@ def _train_arguments(parser) -> None:
                         help="the encoder's dropout while training (default: the backbone's own)")
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds of DEER training at most")
-    parser.add_argument("--calibrate-sentences", type=int, default=400,
+    parser.add_argument("--calibrate-sentences", type=_count, default=400,
                         help="after training, choose the editor's penalties on this many valid pairs (0: don't)")
-    parser.add_argument("--baseline-steps", type=int, default=0, help="also train the autoregressive baseline")
+    parser.add_argument("--baseline-steps", type=_count, default=0, help="also train the autoregressive baseline")
     parser.add_argument("--baseline-time-limit", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -257,7 +271,7 @@ def main(argv=None) -> int:
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ev.add_argument("--keeps", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
     ev.add_argument("--iterations", type=int, nargs="+", default=[0, 1, 2])
-    ev.add_argument("--latency-sentences", type=int, default=50)
+    ev.add_argument("--latency-sentences", type=_count, default=50)
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
     ev.add_argument("--threads", type=int, default=None)
     ev.add_argument("--blank-penalty", type=float, default=None, help=penalty_help)
