@@ -107,6 +107,27 @@ def test_fill_words_equals_the_argmax_over_every_position(tokenizer):
     assert fill_words(model, cache, targets) is targets                   # no placeholder: unchanged
 
 
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_an_iteration_that_only_deleted_hands_its_states_to_the_next(tokenizer, monkeypatch, adaptive):
+    import pyprune.deer.generate as generate
+    deer = make(tokenizer)
+    model, ids = deer.sub_network(1.0), deer.encode(SOURCES)
+    passes = []
+    decode = model.decode_target
+    monkeypatch.setattr(model, "decode_target", lambda cache, tokens: passes.append(1) or decode(cache, tokens))
+    options = dict(max_iter=3, batch_size=3, adaptive=adaptive, deletion_penalty=-0.3, insertion_penalty=1e4)
+    reused = generate_ids(model, ids, **options)
+    with_reuse = len(passes)
+    edit = generate._edit
+    monkeypatch.setattr(generate, "_edit", lambda *args: (edit(*args)[0], None))   # every iteration from a pass
+    passes.clear()
+    assert generate_ids(model, ids, **options) == reused
+    # Insertions are off, so every iteration only deletes: each one after the first skips its first pass
+    # (without `adaptive` all three run; with it, the second runs because the first deleted something).
+    assert any(len(r) < len(s) - 2 for r, s in zip(reused, ids))
+    assert with_reuse == len(passes) - 2 if not adaptive else with_reuse < len(passes)
+
+
 def test_ctc_slots(tokenizer):
     for slots in ("unk", "copy"):
         deer = make(tokenizer, slots=slots, max_positions=12)
@@ -512,7 +533,12 @@ def test_packed_inference_copies_compute_what_the_models_compute(tokenizer):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
         with pytest.raises(ValueError, match="input"):                 # an inference copy: no training
             packed.vocab_logits(torch.randn(1, 2, 64, requires_grad=True))
+        # Its own parameters need no gradient, so it decodes outside no_grad too.
+        assert not any(p.requires_grad for p in packed.parameters())
+        states = packed.decode_target(cache, targets)                 # `cache`: packed's, from the loop
+        assert not states.requires_grad and torch.equal(states, packed.outputs[1])
     assert type(deer.model.transform[0]) is torch.nn.Linear and deer.model.output_layer is None
+    assert all(p.requires_grad for p in deer.model.parameters())         # the copies left the model as it was
     cfg = deer.model.encoder.config
     baseline = AutoregressiveBaseline(transformers.BertModel(cfg, add_pooling_layer=False),
                                       deer.model.restricted_vocab(), c.pad_id, c.bos_id, c.eos_id, layers=2).eval()

@@ -85,6 +85,12 @@ def delete_words(model: DeerModel, tokens: Tensor, h: Tensor, penalty: float = 0
 def insert_words(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = None, penalty: float = 0.0) -> Tensor:
     """Insert placeholders where the placeholder classifier says, then fill them (`h`: the states of
     `tokens`, when already computed; `penalty`: subtracted from the logit of every count above 0)."""
+    return _insert(model, cache, tokens, h, penalty)[0]
+
+
+def _insert(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], penalty: float):
+    """``insert_words``, and the states of its result when they are known: `tokens`' own where no row got a
+    placeholder (the result is `tokens`), else None."""
     c = model.config
     if h is None:
         h = model.decode_target(cache, tokens)
@@ -94,7 +100,10 @@ def insert_words(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = 
     counts = logits.argmax(-1)
     width = min(model.max_positions, tokens.shape[1] + int(counts.sum(1).max()))
     inserted, _ = apply_ins_masks(tokens, None, counts, c.pad_id, c.mask_id, c.eos_id, max_length=width)
-    return fill_words(model, cache, _trim(inserted, c.pad_id))
+    inserted = _trim(inserted, c.pad_id)
+    if not bool(inserted.eq(c.mask_id).any()):
+        return inserted, (h if torch.equal(inserted, tokens) else None)
+    return fill_words(model, cache, inserted), None
 
 
 @torch.no_grad()
@@ -115,11 +124,19 @@ def edit_once(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = Non
               insertion_penalty: float = 0.0) -> Tensor:
     """One edit iteration: delete, insert placeholders, fill them (three passes; two when nothing is deleted;
     `h`: the states of `tokens`, when already computed)."""
+    return _edit(model, cache, tokens, h, deletion_penalty, insertion_penalty)[0]
+
+
+def _edit(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], deletion_penalty: float,
+          insertion_penalty: float):
+    """``edit_once``, and the states of its result when a pass already computed them: where the iteration
+    only deleted, the placeholder pass ran on exactly the tokens it returns, so the next iteration starts
+    from those states instead of a pass of its own."""
     if h is None:
         h = model.decode_target(cache, tokens)
     deleted = delete_words(model, tokens, h, deletion_penalty)
     # Nothing deleted: the same input, the same states.
-    return insert_words(model, cache, deleted, h if torch.equal(deleted, tokens) else None, insertion_penalty)
+    return _insert(model, cache, deleted, h if torch.equal(deleted, tokens) else None, insertion_penalty)
 
 
 def check_penalty(name: str, value) -> float:
@@ -149,16 +166,20 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
     for index, batch in sorted_batches(sources, batch_size, c.pad_id, device):
         cache, tokens = ctc_draft(model, batch, blank_penalty)
         active = torch.arange(len(index), device=device)
+        states = None                                     # of the active rows' tokens, when a pass left them
         for _ in range(max_iter):
             current = _trim(tokens[active], c.pad_id)
-            edited = edit_once(model, cache.select(active), current, deletion_penalty=deletion_penalty,
-                               insertion_penalty=insertion_penalty)
+            if states is not None:
+                states = states[:, :current.shape[1]]
+            edited, states = _edit(model, cache.select(active), current, states, deletion_penalty,
+                                   insertion_penalty)
             changed = ~_same(edited, current, c.pad_id)
             if edited.shape[1] > tokens.shape[1]:
                 tokens = torch.nn.functional.pad(tokens, (0, edited.shape[1] - tokens.shape[1]), value=c.pad_id)
             tokens[active] = torch.nn.functional.pad(edited, (0, tokens.shape[1] - edited.shape[1]), value=c.pad_id)
             if adaptive:
                 active = active[changed]
+                states = None if states is None else states[changed]
                 if len(active) == 0:
                     break
         for row, i in enumerate(index):

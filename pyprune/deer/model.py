@@ -81,11 +81,13 @@ def pack_for_inference(model: nn.Module) -> int:
     output projection (``output_matrix()``, ``output_bias``) for ``PackedLinear`` ones, which run on the
     packed-blocks CPU kernel; returns how many were swapped (0: the kernel cannot run this model's weights,
     for example on a GPU or in bfloat16, and nothing changed). The model then only decodes: packed layers
-    do not train."""
+    do not train, and its other parameters stop requiring gradients, so that decoding outside
+    ``torch.no_grad()`` does not hand the packed layers inputs that do."""
     count = pack_linears(model)
     if count:
         with torch.no_grad():
             model.output_layer = PackedLinear(model.output_matrix(), model.output_bias)
+        model.requires_grad_(False)
         count += 1
     return count
 

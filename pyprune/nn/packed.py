@@ -34,8 +34,8 @@ class PackedLinear(nn.Module):
     """``x W^T + b`` for inference from a weight's nonzero 32x32 blocks (zero-padded to whole blocks).
 
     Build it with ``PackedLinear(weight, bias)`` or ``PackedLinear.from_linear(linear)``; the packed
-    blocks are buffers (they follow ``.to()``), not parameters: nothing here trains. Inputs that need a
-    gradient are refused (``packed_block_linear``).
+    blocks are buffers (they follow ``.to()``), not parameters: nothing here trains, and inputs that
+    need a gradient are refused.
     """
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor] = None) -> None:

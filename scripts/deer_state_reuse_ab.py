@@ -1,0 +1,67 @@
+"""What reusing a deletion-only iteration's states gives two edit iterations at batch 1.
+
+    python scripts/deer_state_reuse_ab.py RUN_DIR [--sentences 30] [--rounds 3]
+
+When an edit iteration deletes and inserts nothing, its placeholder pass ran
+on exactly the tokens the next iteration starts from, and ``generate_ids``
+hands those states on instead of running the next iteration's first pass
+again. This decodes the first test sentences one at a time at every keep
+ratio with two edit iterations (the packed-kernel sub-networks, as
+``generate`` decodes), with the states recomputed and reused, interleaved
+in one process (every configuration both ways, then again), checks both
+give the same output and counts the encoder passes. Prints the median ms per
+sentence and the ratio.
+"""
+import argparse
+import time
+
+import torch
+
+import pyprune.deer.generate as generate
+from pyprune.data.parallel import read_split
+from pyprune.deer.api import Deer
+from pyprune.deer.cli import _data_dir
+
+REUSING = generate._edit
+
+
+def recomputing(*args):
+    return REUSING(*args)[0], None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("--sentences", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    deer, _ = Deer.load(args.run)
+    sources = deer.encode([s for s, _ in read_split(_data_dir("default"), "test")])[:args.sentences]
+    times, outputs, passes = {}, {}, {}
+    for round_ in range(args.rounds):
+        for reuse in (False, True):
+            generate._edit = REUSING if reuse else recomputing
+            for keep in deer.keep_ratios:
+                model, penalties = deer.sub_network(keep, packed=True), deer.decoding(keep)
+                if round_ == 0:
+                    count = []
+                    decode = model.decode_target
+                    model.decode_target = lambda cache, tokens, decode=decode: count.append(1) or decode(cache, tokens)
+                    outputs[reuse, keep] = generate.generate_ids(model, sources, max_iter=2, batch_size=1, **penalties)
+                    passes[reuse, keep] = len(count)
+                    del model.decode_target
+                start = time.perf_counter()
+                generate.generate_ids(model, sources, max_iter=2, batch_size=1, **penalties)
+                times.setdefault((reuse, keep), []).append(1e3 * (time.perf_counter() - start) / len(sources))
+    generate._edit = REUSING
+    print("| keep | edit passes recomputed / reused | recomputed ms | reused ms | speed-up | same output |")
+    print("|---:|---:|---:|---:|---:|---|")
+    for keep in deer.keep_ratios:
+        before, after = (sorted(times[r, keep])[len(times[r, keep]) // 2] for r in (False, True))
+        print(f"| {keep:g} | {passes[False, keep]} / {passes[True, keep]} | {before:.2f} | {after:.2f} | "
+              f"{before / after:.2f}x | {outputs[False, keep] == outputs[True, keep]} |")
+
+
+if __name__ == "__main__":
+    main()
