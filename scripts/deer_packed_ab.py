@@ -8,15 +8,10 @@ per-call cost: the compacted path at a few tokens) and with it, interleaved in
 one process (every configuration both ways, then again), and checks both give
 the same output. Prints the median ms per sentence and the ratio.
 """
-import argparse
 import time
 
-import torch
-
 import pyprune.sparse.linear as linear
-from pyprune.data.parallel import read_split
-from pyprune.deer.api import Deer
-from pyprune.deer.cli import _data_dir
+from _deer_ab import median, setup
 from pyprune.deer.generate import generate_ids
 from pyprune.sparse import layout as layouts
 
@@ -29,14 +24,7 @@ def use_packed(on: bool, usable=linear.packed_usable, call_cost=linear.CPU_CALL_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run")
-    parser.add_argument("--sentences", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    deer, _ = Deer.load(args.run)
-    sources = deer.encode([s for s, _ in read_split(_data_dir("default"), "test")])[:args.sentences]
+    args, deer, sources = setup(__doc__)
     configs = [(keep, iters) for keep in deer.keep_ratios for iters in (0, 1, 2)]
     times, outputs = {}, {}
     for round_ in range(args.rounds):
@@ -54,7 +42,7 @@ def main() -> None:
     print("| keep | edit iterations | before ms | packed ms | speed-up | same output |")
     print("|---:|---:|---:|---:|---:|---|")
     for keep, iters in configs:
-        before, after = (sorted(times[p, keep, iters])[len(times[p, keep, iters]) // 2] for p in (False, True))
+        before, after = (median(times[p, keep, iters]) for p in (False, True))
         print(f"| {keep:g} | {iters} | {before:.2f} | {after:.2f} | {before / after:.2f}x | "
               f"{outputs[False, keep, iters] == outputs[True, keep, iters]} |")
 

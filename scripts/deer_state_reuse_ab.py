@@ -12,15 +12,10 @@ in one process (every configuration both ways, then again), checks both
 give the same output and counts the encoder passes. Prints the median ms per
 sentence and the ratio.
 """
-import argparse
 import time
 
-import torch
-
 import pyprune.deer.generate as generate
-from pyprune.data.parallel import read_split
-from pyprune.deer.api import Deer
-from pyprune.deer.cli import _data_dir
+from _deer_ab import median, setup
 
 REUSING = generate._edit
 
@@ -30,14 +25,7 @@ def recomputing(*args):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run")
-    parser.add_argument("--sentences", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    deer, _ = Deer.load(args.run)
-    sources = deer.encode([s for s, _ in read_split(_data_dir("default"), "test")])[:args.sentences]
+    args, deer, sources = setup(__doc__)
     times, outputs, passes = {}, {}, {}
     for round_ in range(args.rounds):
         for reuse in (False, True):
@@ -58,7 +46,7 @@ def main() -> None:
     print("| keep | edit passes recomputed / reused | recomputed ms | reused ms | speed-up | same output |")
     print("|---:|---:|---:|---:|---:|---|")
     for keep in deer.keep_ratios:
-        before, after = (sorted(times[r, keep])[len(times[r, keep]) // 2] for r in (False, True))
+        before, after = (median(times[r, keep]) for r in (False, True))
         print(f"| {keep:g} | {passes[False, keep]} / {passes[True, keep]} | {before:.2f} | {after:.2f} | "
               f"{before / after:.2f}x | {outputs[False, keep] == outputs[True, keep]} |")
 

@@ -244,6 +244,12 @@ def _edit_penalty_arguments(parser) -> None:
                             help=f"subtract this from {logit} (default: the penalty calibrated for the keep)")
 
 
+def _kernels_argument(parser, layers: str) -> None:
+    parser.add_argument("--kernels", choices=["pyprune", "torch"], default="pyprune",
+                        help=f"{layers} on pyprune's packed-blocks CPU kernel (where it runs: float32 on the CPU) "
+                             "or on torch's")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pyprune deer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,9 +268,7 @@ def main(argv=None) -> int:
     _edit_penalty_arguments(gen)
     dtypes = ["float32", "bfloat16", "float16"]
     gen.add_argument("--dtype", choices=dtypes, default=None, help="compute in this type (default: the model's)")
-    kernels_help = ("linear layers on pyprune's packed-blocks CPU kernel (where it runs: float32 on the CPU) or on "
-                    "torch's")
-    gen.add_argument("--kernels", choices=["pyprune", "torch"], default="pyprune", help=kernels_help)
+    _kernels_argument(gen, "linear layers")
     ev = commands.add_parser("evaluate", help="BLEU and latency per keep ratio x iterations (+ AR baseline)")
     ev.add_argument("--model", required=True, help="run directory")
     ev.add_argument("--data", default="default")
@@ -277,8 +281,7 @@ def main(argv=None) -> int:
     ev.add_argument("--blank-penalty", type=float, default=None, help=penalty_help)
     _edit_penalty_arguments(ev)
     ev.add_argument("--dtype", choices=dtypes, default=None, help="DEER and the AR baseline compute in this type")
-    ev.add_argument("--kernels", choices=["pyprune", "torch"], default="pyprune",
-                    help=kernels_help.replace("linear layers", "DEER's and the AR baseline's linear layers"))
+    _kernels_argument(ev, "DEER's and the AR baseline's linear layers")
     ev.add_argument("--out", default=None, help="write results.md/.json/.png here (default: the run directory)")
     args = parser.parse_args(argv)
     return {"prepare-data": cmd_prepare, "train": cmd_train, "generate": cmd_generate,

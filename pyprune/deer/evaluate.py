@@ -83,10 +83,9 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
                     model, src, max_iter=iters, batch_size=batch_size, **penalties))
     if baseline is not None:
         params = count_parameters(baseline)                 # before packing: packed layers hold buffers
-        if dtype is not None:
-            baseline = copy.deepcopy(baseline).to(dtype)
+        if dtype is not None or packed:
+            baseline = copy.deepcopy(baseline).to(dtype)      # `.to(None)` leaves the dtype
         if packed:
-            baseline = copy.deepcopy(baseline)
             kernels.add(pack_for_inference(baseline) > 0)
         measure({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)", "keep": 1.0,
                  "iterations": None, "params": params},
@@ -96,8 +95,7 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": torch.get_num_threads(),
             "device": str(deer.model.output_bias.device), "sentences": len(pairs),
             "dtype": str(dtype or deer.model.output_bias.dtype).replace("torch.", ""),
-            "kernels": {frozenset({True}): "pyprune packed-blocks", frozenset({False}): "torch"}.get(
-                frozenset(kernels), "mixed"),
+            "kernels": "mixed" if len(kernels) > 1 else "pyprune packed-blocks" if True in kernels else "torch",
             "latency_sentences": len(timed), "copy_bleu": bleu([s for s, _ in pairs], references),
             "reference_tokens": _mean_length([t[1:-1] for t in deer.encode(references, name="references")]),
             "source_example": pairs[0][0] if pairs else "",

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import backends
 from .._validation import fail
-from ..sparse.layout import BLOCK
+from ..sparse.layout import BLOCK, nonzero_blocks
 from ..sparse.linear import packed_usable
 from ..sparse.packed import PackedBlocks, pack_blocks, packed_block_linear
 from .sparse import BlockSparseLinear
@@ -50,8 +49,7 @@ class PackedLinear(nn.Module):
         N, K = _round_up(self.out_features), _round_up(self.in_features)
         with torch.no_grad():
             padded = F.pad(weight.detach(), (0, K - self.in_features, 0, N - self.out_features))
-            live = padded.reshape(N // BLOCK, BLOCK, K // BLOCK, BLOCK).ne(0).any(3).any(1)
-            packed = pack_blocks(padded, live)
+            packed = pack_blocks(padded, nonzero_blocks(padded))
             padded_bias = None if bias is None else F.pad(bias.detach().to(weight.dtype), (0, N - self.out_features))
         self.register_buffer("blocks", packed.blocks)
         self.register_buffer("row_ptr", packed.row_ptr)
@@ -72,10 +70,9 @@ class PackedLinear(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         buffers = self._buffers                            # (the attribute lookups cost as much as the checks)
         blocks = buffers["blocks"]
-        if (type(input) is Tensor and input.dtype is torch.float32 and blocks.dtype is torch.float32
-                and input.device.type == "cpu" and input.dim() >= 1 and input.shape[-1] == self.in_features
-                and not (input.requires_grad and torch.is_grad_enabled()) and backends.enabled("cpp")
-                and backends.has_kernel("bsr_linear", "CPU")):
+        if (type(input) is Tensor and input.dtype is blocks.dtype and input.dim() >= 1
+                and input.shape[-1] == self.in_features and not (input.requires_grad and torch.is_grad_enabled())
+                and packed_usable(input.device, input.dtype)):
             # What the op pyprune::packed_block_linear runs here, without its two trips through the
             # dispatcher and its checks, which at one token cost about as much as the kernel; the weight
             # side was checked when the layer was built.

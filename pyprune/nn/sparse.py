@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pyprune._memo import derived
 from pyprune.sparse import BLOCK, PathChoice, block_sparse_linear, choose_path, expand_mask, layout_for
+from pyprune.sparse.layout import nonzero_blocks
 from pyprune.sparse.linear import compact_dense, compact_weight
 from pyprune.sparse.packed import PackedBlocks, pack_blocks, packed_block_linear
 
@@ -124,8 +125,7 @@ class BlockSparseLinear(nn.Linear):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if prefix + "weight" in state_dict:
             with torch.no_grad():
-                blocks = self.weight.reshape(self.out_features // BLOCK, BLOCK, self.in_features // BLOCK, BLOCK)
-                self.block_mask.copy_(blocks.ne(0).any(dim=3).any(dim=1))
+                self.block_mask.copy_(nonzero_blocks(self.weight))
 
     def extra_repr(self) -> str:
         live = int(self.block_mask.sum())

@@ -98,6 +98,12 @@ def layout_for(mask: Tensor) -> BlockLayout:
     return layout
 
 
+def nonzero_blocks(weight: Tensor) -> Tensor:
+    """(N/32, K/32) bool: which 32x32 blocks of `weight` (N, K), both multiples of 32, hold a nonzero."""
+    N, K = weight.shape
+    return weight.reshape(N // BLOCK, BLOCK, K // BLOCK, BLOCK).ne(0).any(dim=3).any(dim=1)
+
+
 def expand_mask(mask: Tensor) -> Tensor:
     """(R, C) block mask -> (R*32, C*32) element mask."""
     return mask.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)
