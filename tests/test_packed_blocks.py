@@ -50,6 +50,20 @@ def test_packed_linear_against_dense(backend, kind, tokens, with_bias):
     torch.testing.assert_close(y.double(), _exact(x, weight, mask, bias), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("tokens", [1, 7, 9, 17])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bfloat16_sums_in_float32_and_rounds_once(backend, kind, tokens, with_bias):
+    mask = _mask(4, 5, kind)
+    weight, x = torch.randn(128, 160).bfloat16(), torch.randn(tokens, 160).bfloat16()
+    bias = torch.randn(128).bfloat16() if with_bias else None
+    y = packed_block_linear(x, pack_blocks(weight, mask), bias)
+    assert y.dtype == torch.bfloat16 and y.shape == (tokens, 128)
+    exact = _exact(x, weight, mask, bias)
+    # Half a bfloat16 ulp (at most 2^-8 relative) from rounding, plus float32 summation order.
+    assert bool(((y.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-4).all())
+
+
 def test_packing_round_trip_and_layout():
     mask = _mask(4, 5, "random")
     weight = torch.randn(128, 160) * expand_mask(mask)
@@ -85,20 +99,22 @@ def test_other_dtypes_run_on_the_reference():
     torch.testing.assert_close(y, _exact(x, weight, mask, None))
 
 
-@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "avx512bf16"])
 def test_every_isa_variant_matches(isa):
-    """Each compiled variant (isa_dispatch.h), forced with PYPRUNE_CPU_ISA in a fresh process."""
+    """Each compiled variant (isa_dispatch.h), forced with PYPRUNE_CPU_ISA in a fresh process, in float32 and
+    bfloat16 (AVX512_BF16's pairwise dot products where the CPU has them, widening to float32 below)."""
     if not pyprune.backends.has_kernel("bsr_linear", "CPU"):
         pytest.skip("C++ extension not built")
     script = (
         "import torch; from pyprune.sparse.packed import pack_blocks; from pyprune.sparse import expand_mask\n"
-        "torch.manual_seed(0); mask = torch.rand(5, 6) < 0.6; w = torch.randn(160, 192); b = torch.randn(160)\n"
-        "p = pack_blocks(w, mask)\n"
-        "for m in (1, 3, 4, 5, 8, 9, 13):\n"
-        "    x = torch.randn(m, 192)\n"
-        "    y = torch.ops.pyprune_C.bsr_linear(x, p.blocks, p.row_ptr, p.col_index, b)\n"
-        "    exact = x.double() @ (w.double() * expand_mask(mask)).T + b.double()\n"
-        "    assert (y.double() - exact).abs().max() < 1e-4, m\n"
+        "torch.manual_seed(0); mask = torch.rand(5, 6) < 0.6\n"
+        "for dtype, slack in ((torch.float32, 0.0), (torch.bfloat16, 2.0 ** -8)):\n"
+        "    w = torch.randn(160, 192).to(dtype); b = torch.randn(160).to(dtype); p = pack_blocks(w, mask)\n"
+        "    for m in (1, 3, 4, 5, 8, 9, 13):\n"
+        "        x = torch.randn(m, 192).to(dtype)\n"
+        "        y = torch.ops.pyprune_C.bsr_linear(x, p.blocks, p.row_ptr, p.col_index, b)\n"
+        "        exact = x.double() @ (w.double() * expand_mask(mask)).T + b.double()\n"
+        "        assert y.dtype == dtype and bool(((y.double() - exact).abs() <= slack * exact.abs() + 1e-4).all()), m\n"
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYPRUNE_CPU_ISA": isa},
                           capture_output=True, text=True, timeout=120)

@@ -27,6 +27,20 @@ def test_matches_linear_at_any_width(in_features, out_features, leading, with_bi
     torch.testing.assert_close(y.double(), F.linear(x.double(), linear.weight.double(), bias), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("in_features,out_features", [(64, 96), (70, 45)])
+def test_bfloat16_layer_rounds_the_float32_sum_once(in_features, out_features):
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features).to(torch.bfloat16)
+    packed = PackedLinear.from_linear(linear)
+    x = torch.randn(2, 9, in_features).to(torch.bfloat16)
+    with torch.no_grad():
+        y = packed(x)
+        assert torch.equal(y, packed._checked(x))        # the direct call and the registered op agree
+    assert y.shape == (2, 9, out_features) and y.dtype == torch.bfloat16 and packed.blocks.dtype == torch.bfloat16
+    exact = F.linear(x.double(), linear.weight.double(), linear.bias.double())
+    assert bool(((y.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-4).all())
+
+
 def test_zero_blocks_are_skipped_and_a_block_sparse_layer_stays_exact():
     torch.manual_seed(1)
     mask = torch.rand(3, 4) < 0.5
@@ -89,11 +103,12 @@ class _Mixed(nn.Module):
                                   BlockSparseLinear(96, 64, block_mask=torch.tensor([[True, False, True]] * 2)))
         self.attention = nn.MultiheadAttention(64, 2, batch_first=True)
         self.low = nn.Linear(64, 8).to(torch.bfloat16)
+        self.fp16 = nn.Linear(8, 8).to(torch.float16)
 
     def forward(self, x):
         h = self.body(x)
         h = self.attention(h, h, h, need_weights=False)[0]
-        return self.low(h.to(torch.bfloat16)).float()
+        return self.fp16(self.low(h.to(torch.bfloat16)).to(torch.float16)).float()
 
 
 @needs_kernel
@@ -103,14 +118,15 @@ def test_pack_linears_swaps_what_the_kernel_runs_and_nothing_else():
     x = torch.randn(2, 5, 64)
     with torch.no_grad():
         expected = model(x)
-        assert pack_linears(model) == 2
+        assert pack_linears(model) == 3
         got = model(x)
     assert isinstance(model.body[0], PackedLinear) and isinstance(model.body[2], PackedLinear)
     assert model.body[2].live_blocks == 4
+    assert isinstance(model.low, PackedLinear) and model.low.blocks.dtype == torch.bfloat16
     # nn.MultiheadAttention reads its projection's weight directly: a subclass of nn.Linear is left alone,
-    # and so is a layer in a dtype the kernel does not run.
-    assert type(model.attention.out_proj) is not PackedLinear and type(model.low) is nn.Linear
-    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)   # the bfloat16 layer rounds
+    # and so is a layer in a dtype the kernel does not run (float16).
+    assert type(model.attention.out_proj) is not PackedLinear and type(model.fp16) is nn.Linear
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)   # bfloat16 and float16 round
 
 
 def test_pack_linears_changes_nothing_where_the_kernel_cannot_run():

@@ -17,12 +17,14 @@ void check_index(const at::Tensor& t, const char* name) {
 
 at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at::Tensor& row_ptr,
                      const at::Tensor& col_index, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x_in.device().is_cpu() && x_in.scalar_type() == at::kFloat && x_in.dim() == 2,
-              "pyprune_C.bsr_linear: x must be a 2-D float32 CPU tensor");
+  TORCH_CHECK(x_in.device().is_cpu() && (x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16) &&
+                  x_in.dim() == 2,
+              "pyprune_C.bsr_linear: x must be a 2-D float32 or bfloat16 CPU tensor");
+  const auto dtype = x_in.scalar_type();
   TORCH_CHECK(x_in.size(1) % kBlock == 0, "pyprune_C.bsr_linear: x's features must be a multiple of 32");
-  TORCH_CHECK(blocks.device().is_cpu() && blocks.scalar_type() == at::kFloat && blocks.dim() == 3 &&
+  TORCH_CHECK(blocks.device().is_cpu() && blocks.scalar_type() == dtype && blocks.dim() == 3 &&
                   blocks.size(1) == kBlock && blocks.size(2) == kBlock && blocks.is_contiguous(),
-              "pyprune_C.bsr_linear: blocks must be a contiguous (live, 32, 32) float32 CPU tensor");
+              "pyprune_C.bsr_linear: blocks must be a contiguous (live, 32, 32) CPU tensor of x's dtype");
   check_index(row_ptr, "row_ptr");
   check_index(col_index, "col_index");
   const int64_t block_rows = row_ptr.numel() - 1, live = blocks.size(0), block_cols = x_in.size(1) / kBlock;
@@ -39,16 +41,27 @@ at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at:
     TORCH_CHECK(ci[b] >= 0 && ci[b] < block_cols, "pyprune_C.bsr_linear: col_index out of range");
   const int64_t out_features = block_rows * kBlock;
   if (bias) {
-    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat && bias->dim() == 1 &&
+    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == dtype && bias->dim() == 1 &&
                     bias->numel() == out_features && bias->is_contiguous(),
-                "pyprune_C.bsr_linear: bias must be a contiguous float32 CPU tensor of out_features");
+                "pyprune_C.bsr_linear: bias must be a contiguous CPU tensor of out_features in x's dtype");
   }
-  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
+  // Unit feature stride; bfloat16 also reads features in pairs, so an even row stride.
+  const bool strided_ok = x_in.stride(1) == 1 && (dtype == at::kFloat || x_in.stride(0) % 2 == 0);
+  const at::Tensor x = strided_ok ? x_in : x_in.contiguous();
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   if (x.size(0) == 0 || out_features == 0) return y;
-  const Problem p{x.data_ptr<float>(), x.size(0), x.stride(0), blocks.data_ptr<float>(), rp, ci, block_rows,
-                  bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), y.stride(0)};
-  at::parallel_for(0, block_rows, 1, [&](int64_t first, int64_t last) { linear_rows(p, first, last); });
+  if (dtype == at::kFloat) {
+    const Problem p{x.data_ptr<float>(), x.size(0), x.stride(0), blocks.data_ptr<float>(), rp, ci, block_rows,
+                    bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), y.stride(0)};
+    at::parallel_for(0, block_rows, 1, [&](int64_t first, int64_t last) { linear_rows(p, first, last); });
+    return y;
+  }
+  // bfloat16 as its bit patterns.
+  auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
+  const ProblemBf16 p{bits(x), x.size(0), x.stride(0), bits(blocks), rp, ci, block_rows,
+                      bias ? bits(*bias) : nullptr, reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()),
+                      y.stride(0)};
+  at::parallel_for(0, block_rows, 1, [&](int64_t first, int64_t last) { linear_rows_bf16(p, first, last); });
   return y;
 }
 

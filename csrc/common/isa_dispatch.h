@@ -7,7 +7,10 @@
 // and, above the baseline, hardware popcount. GCC's target_clones with arch=
 // levels resolves by CPU model and picked the baseline on AMD EPYC, hence the
 // explicit feature tests. The environment variable PYPRUNE_CPU_ISA (base,
-// avx2, avx512) caps the choice, so tests can run every variant on one CPU.
+// avx2, avx512, avx512bf16) caps the choice, so tests can run every variant
+// on one CPU. AVX512_BF16 (bfloat16 dot products) is a level above AVX-512
+// for the kernels that have a bfloat16 variant (cpu_bf16_dot()); "avx512"
+// caps below it.
 #pragma once
 
 #include <cstdlib>
@@ -18,6 +21,8 @@
 #define PYPRUNE_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,popcnt")))
 #define PYPRUNE_TARGET_AVX2 __attribute__((target("avx2,fma,popcnt")))
+#define PYPRUNE_TARGET_AVX512BF16 \
+  __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,avx2,fma,popcnt")))
 #endif
 
 namespace pyprune {
@@ -55,6 +60,20 @@ inline Isa detect_isa() {
 inline Isa cpu_isa() {
   static const Isa isa = detect_isa();
   return isa;
+}
+
+// AVX-512 with AVX512_BF16 (vdpbf16ps), unless PYPRUNE_CPU_ISA caps below it.
+inline bool cpu_bf16_dot() {
+#ifdef PYPRUNE_X86_DISPATCH
+  static const bool ok = [] {
+    const char* cap = std::getenv("PYPRUNE_CPU_ISA");
+    return cpu_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16") &&
+           (cap == nullptr || std::strcmp(cap, "avx512bf16") == 0);
+  }();
+  return ok;
+#else
+  return false;
+#endif
 }
 
 }  // namespace pyprune

@@ -19,23 +19,36 @@ namespace bsr {
 
 constexpr int64_t kBlock = 32;
 
-// The dimensions of one call; pointers are not owned.
-struct Problem {
-  const float* x;           // (rows, in_features), row stride ldx
+// The dimensions of one call; pointers are not owned. `T` is float, or
+// uint16_t holding bfloat16 bit patterns (the same layout, half the bytes).
+template <typename T>
+struct ProblemOf {
+  const T* x;               // (rows, in_features), row stride ldx
   int64_t rows;
   int64_t ldx;
-  const float* blocks;      // (live, 32, 32), k-major as above
+  const T* blocks;          // (live, 32, 32), k-major as above
   const int64_t* row_ptr;   // (block_rows + 1)
   const int64_t* col_index; // (live)
   int64_t block_rows;       // out_features / 32
-  const float* bias;        // (out_features) or nullptr
-  float* y;                 // (rows, out_features), row stride ldy
+  const T* bias;            // (out_features) or nullptr
+  T* y;                     // (rows, out_features), row stride ldy
   int64_t ldy;
 };
+
+using Problem = ProblemOf<float>;
+using ProblemBf16 = ProblemOf<uint16_t>;
 
 // Computes the outputs of block rows [first, last) for every token row; calls
 // on disjoint block-row ranges may run concurrently.
 void linear_rows(const Problem& p, int64_t first, int64_t last);
+
+// bfloat16: the products of bfloat16 inputs are exact in float32 and are
+// summed in float32 (bias included); each output is rounded to the nearest
+// bfloat16 (ties to even) once. On CPUs with AVX512_BF16 the kernel runs on
+// the pairwise dot product vdpbf16ps (two multiply-adds per lane, which
+// treats subnormal inputs as zero); elsewhere it widens to float32.
+// The row stride ldx must be even (a pair of features is read as one word).
+void linear_rows_bf16(const ProblemBf16& p, int64_t first, int64_t last);
 
 }  // namespace bsr
 }  // namespace pyprune

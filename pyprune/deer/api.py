@@ -111,7 +111,7 @@ class Deer:
         """The model at keep ratio `keep`, compacted, in eval mode (cached until ``clear_cache``); `dtype`: a
         copy in that floating-point type for inference (e.g. ``torch.bfloat16``; the model itself is not cast);
         `packed`: a copy whose linear layers run on the packed-blocks CPU kernel where it can
-        (``pack_for_inference``: float32 on the CPU), for decoding only."""
+        (``pack_for_inference``: float32 or bfloat16 on the CPU), for decoding only."""
         keep = self._keep(keep)
         if packed:
             if (keep, dtype, "packed") not in self._subnetworks:

@@ -246,7 +246,7 @@ def _edit_penalty_arguments(parser) -> None:
 
 def _kernels_argument(parser, layers: str) -> None:
     parser.add_argument("--kernels", choices=["pyprune", "torch"], default="pyprune",
-                        help=f"{layers} on pyprune's packed-blocks CPU kernel (where it runs: float32 on the CPU) "
+                        help=f"{layers} on pyprune's packed-blocks CPU kernel (where it runs: float32 or bfloat16 on the CPU) "
                              "or on torch's")
 
 

@@ -8,7 +8,8 @@ block row's outputs in registers, so it is faster even with every block live
 all zero (a block-pruned layer's dead blocks). ``PackedLinear`` is an
 ``nn.Linear`` stand-in built on it; ``pack_linears`` swaps them into a model
 meant for inference. The result is the same computation in a different
-order of additions (float32 rounding), with no autograd.
+order of additions (float32 rounding; in bfloat16 the sums are float32 and
+each output is rounded once), with no autograd.
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ class PackedLinear(nn.Module):
 def pack_linears(module: nn.Module) -> int:
     """Replace, in place, every ``nn.Linear`` and ``BlockSparseLinear`` inside `module` (those exact types:
     a subclass may compute otherwise, as ``nn.MultiheadAttention``'s projection does) whose weight the
-    packed kernel runs (float32 on the CPU, the ``cpp`` backend built and enabled) by a
+    packed kernel runs (float32 or bfloat16 on the CPU, the ``cpp`` backend built and enabled) by a
     ``PackedLinear``; returns how many were replaced (0: none could be, `module` is unchanged). For a
     model used only for inference: the packed layers do not train."""
     if not isinstance(module, nn.Module):

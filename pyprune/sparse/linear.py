@@ -165,7 +165,7 @@ def choose_path(layout: BlockLayout, tokens: int, device: torch.device, weight_r
     At a few dozen tokens (batch-1 decoding) the weight gather alone costs
     more than the matmul it saves. `inference`: nothing needs a gradient and
     the caller holds the packed blocks, which allows packed_blocks (CPU,
-    float32, with the ``cpp`` backend)."""
+    float32 or bfloat16, with the ``cpp`` backend)."""
     packed = inference and weight_ready and packed_usable(device, dtype)
     key = (tokens, device.type, triton_usable(device), weight_ready, packed)
     if key in layout.path_choices:

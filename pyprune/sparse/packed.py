@@ -24,7 +24,7 @@ from ..ops._registry import define
 from . import packed_reference
 from .layout import BLOCK
 
-KERNEL_DTYPES = (torch.float32,)
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 @dataclass(frozen=True)
