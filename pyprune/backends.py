@@ -29,7 +29,7 @@ import functools
 import os
 import threading
 import warnings
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -78,6 +78,12 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return _extension_loaded and torch._C._dispatch_has_kernel_for_dispatch_key(
         f"pyprune_C::{op}", dispatch_key
     )
+
+
+def cpu_isa() -> Optional[str]:
+    """The instruction-set variant the C++ CPU kernels run on this machine ("base", "avx2", "avx512" or
+    "avx512bf16", which adds bfloat16 dot products; ``PYPRUNE_CPU_ISA`` caps it), None without the extension."""
+    return torch.ops.pyprune_C.cpu_isa() if available("cpp") else None
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,8 @@ def main(argv=None) -> int:
         import pyprune
         print(f"pyprune {pyprune.__version__}")
         for name, enabled in pyprune.backends.summary().items():
-            print(f"  {name:7s} {'enabled' if enabled else 'off'}")
+            extra = f" (CPU kernels: {pyprune.backends.cpu_isa()})" if name == "cpp" and enabled else ""
+            print(f"  {name:7s} {'enabled' if enabled else 'off'}{extra}")
         if pyprune.backends.extension_error():
             print(f"  extension error: {pyprune.backends.extension_error()}")
         return 0

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import pyprune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,3 +70,17 @@ def test_triton_kernels_ship_inside_the_package():
 def test_cli_info_runs():
     result = _python("from pyprune.cli import main; raise SystemExit(main(['info']))")
     assert result.returncode == 0 and "cpp" in result.stdout
+
+
+@pytest.mark.parametrize("cap", ["base", "avx2"])
+def test_info_names_the_cpu_kernel_variant_and_the_cap_applies(cap):
+    import pyprune
+    if not pyprune.backends.available("cpp"):
+        pytest.skip("C++ extension not built")
+    found = pyprune.backends.cpu_isa()
+    assert found in ("base", "avx2", "avx512", "avx512bf16")
+    if cap == "avx2" and found == "base":
+        pytest.skip("this CPU (or build) has no AVX2 variant")
+    # Capped at or below what the CPU has, the cap is what runs.
+    result = _python("from pyprune.cli import main; raise SystemExit(main(['info']))", PYPRUNE_CPU_ISA=cap)
+    assert result.returncode == 0 and f"(CPU kernels: {cap})" in result.stdout, result.stdout + result.stderr

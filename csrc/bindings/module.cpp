@@ -7,6 +7,24 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+#include "../common/isa_dispatch.h"
+
+namespace {
+// Which compiled variant the CPU kernels run here (isa_dispatch.h), for `pyprune info`.
+std::string cpu_isa_name() {
+  switch (pyprune::cpu_isa()) {
+    case pyprune::Isa::kAvx512:
+      return pyprune::cpu_bf16_dot() ? "avx512bf16" : "avx512";
+    case pyprune::Isa::kAvx2:
+      return "avx2";
+    default:
+      return "base";
+  }
+}
+}  // namespace
+
 extern "C" {
 // Importing pyprune._C loads this library and runs the registrations below;
 // the module itself carries no Python functions.
@@ -45,4 +63,7 @@ TORCH_LIBRARY(pyprune_C, m) {
 
   // Inference only (no autograd): y = x W^T + bias, W as its packed live 32x32 blocks.
   m.def("bsr_linear(Tensor x, Tensor blocks, Tensor row_ptr, Tensor col_index, Tensor? bias) -> Tensor");
+
+  // The ISA variant of the CPU kernels: base, avx2, avx512 or avx512bf16 (PYPRUNE_CPU_ISA caps it).
+  m.def("cpu_isa() -> str", &cpu_isa_name);
 }
