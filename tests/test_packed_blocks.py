@@ -92,6 +92,15 @@ def test_strided_and_batched_inputs(backend):
                                _exact(columns, weight, mask, bias), rtol=1e-5, atol=1e-4)
 
 
+def test_bfloat16_rows_with_an_odd_stride(backend):
+    mask = _mask(3, 4, "random")
+    weight = torch.randn(96, 128).bfloat16()
+    x = torch.randn(5, 201).bfloat16()[:, 7:135]          # row stride 201: feature pairs start at odd offsets
+    y = packed_block_linear(x, pack_blocks(weight, mask))
+    exact = _exact(x, weight, mask, None)
+    assert bool(((y.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-4).all())
+
+
 def test_other_dtypes_run_on_the_reference():
     mask = _mask(3, 4, "random")
     weight, x = torch.randn(96, 128, dtype=torch.float64), torch.randn(5, 128, dtype=torch.float64)

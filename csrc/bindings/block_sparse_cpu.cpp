@@ -45,9 +45,7 @@ at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at:
                     bias->numel() == out_features && bias->is_contiguous(),
                 "pyprune_C.bsr_linear: bias must be a contiguous CPU tensor of out_features in x's dtype");
   }
-  // Unit feature stride; bfloat16 also reads features in pairs, so an even row stride.
-  const bool strided_ok = x_in.stride(1) == 1 && (dtype == at::kFloat || x_in.stride(0) % 2 == 0);
-  const at::Tensor x = strided_ok ? x_in : x_in.contiguous();
+  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   if (x.size(0) == 0 || out_features == 0) return y;
   if (dtype == at::kFloat) {

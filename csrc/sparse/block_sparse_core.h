@@ -47,7 +47,6 @@ void linear_rows(const Problem& p, int64_t first, int64_t last);
 // bfloat16 (ties to even) once. On CPUs with AVX512_BF16 the kernel runs on
 // the pairwise dot product vdpbf16ps (two multiply-adds per lane, which
 // treats subnormal inputs as zero); elsewhere it widens to float32.
-// The row stride ldx must be even (a pair of features is read as one word).
 void linear_rows_bf16(const ProblemBf16& p, int64_t first, int64_t last);
 
 }  // namespace bsr

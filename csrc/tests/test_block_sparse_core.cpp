@@ -131,7 +131,7 @@ int main() {
   for (int64_t rows : {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 40})
     for (double density : {0.0, 0.3, 0.7, 1.0})
       for (bool bias : {false, true}) {
-        const Case c{rows, 3, 4, 4 * kBlock + (rows % 2) * 8, density, bias};
+        const Case c{rows, 3, 4, 4 * kBlock + (rows % 2) * 7, density, bias};
         run_case<float>(c, gen);
         run_case<uint16_t>(c, gen);
       }
