@@ -11,7 +11,6 @@ sentence, the ratio, and how many outputs bfloat16 leaves unchanged (its
 rounding can flip a greedy choice; ``pyprune deer evaluate --dtype
 bfloat16`` gives the BLEU).
 """
-import copy
 import time
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from _deer_ab import median, setup
 from pyprune.deer.cli import _load_baseline
 from pyprune.deer.generate import generate_ids
-from pyprune.deer.model import pack_for_inference
+from pyprune.deer.model import inference_copy
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -35,8 +34,8 @@ def main() -> None:
                 decoders[f"DEER keep {keep:g}, {iterations} iter.", dtype] = (
                     lambda m=model, p=penalties, k=iterations: generate_ids(m, sources, max_iter=k, batch_size=1, **p))
         if baseline is not None:
-            ar = copy.deepcopy(baseline).to(dtype)
-            if not pack_for_inference(ar):
+            ar = inference_copy(baseline, dtype)
+            if ar.output_layer is None:
                 raise SystemExit("the packed kernel does not run here (is the cpp extension built?)")
             decoders["autoregressive", dtype] = lambda m=ar: m.generate_ids(sources, batch_size=1)
     names = list(dict.fromkeys(name for name, _ in decoders))

@@ -33,6 +33,11 @@ def _mask(rows: int, cols: int, kind: str) -> torch.Tensor:
 MASK_KINDS = ["random", "full", "empty", "empty_row_and_column", "single"]
 
 
+def assert_bfloat16_close(y, exact):
+    """`y` (bfloat16) is `exact` rounded once: half an ulp (at most 2^-8 relative), plus float32 summation order."""
+    assert bool(((y.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-4).all())
+
+
 def _exact(x, weight, mask, bias):
     masked = weight.double() * expand_mask(mask)
     return F.linear(x.double(), masked, None if bias is None else bias.double())
@@ -59,9 +64,7 @@ def test_bfloat16_sums_in_float32_and_rounds_once(backend, kind, tokens, with_bi
     bias = torch.randn(128).bfloat16() if with_bias else None
     y = packed_block_linear(x, pack_blocks(weight, mask), bias)
     assert y.dtype == torch.bfloat16 and y.shape == (tokens, 128)
-    exact = _exact(x, weight, mask, bias)
-    # Half a bfloat16 ulp (at most 2^-8 relative) from rounding, plus float32 summation order.
-    assert bool(((y.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-4).all())
+    assert_bfloat16_close(y, _exact(x, weight, mask, bias))
 
 
 def test_packing_round_trip_and_layout():
@@ -97,8 +100,7 @@ def test_bfloat16_rows_with_an_odd_stride(backend):
     weight = torch.randn(96, 128).bfloat16()
     x = torch.randn(5, 201).bfloat16()[:, 7:135]          # row stride 201: feature pairs start at odd offsets
     y = packed_block_linear(x, pack_blocks(weight, mask))
-    exact = _exact(x, weight, mask, None)
-    assert bool(((y.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-4).all())
+    assert_bfloat16_close(y, _exact(x, weight, mask, None))
 
 
 def test_other_dtypes_run_on_the_reference():

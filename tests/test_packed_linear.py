@@ -8,6 +8,8 @@ import pyprune
 from pyprune.nn import BlockSparseLinear, PackedLinear, pack_linears
 from pyprune.sparse.linear import packed_usable
 
+from test_packed_blocks import assert_bfloat16_close
+
 needs_kernel = pytest.mark.skipif(not packed_usable(torch.device("cpu"), torch.float32),
                                   reason="the cpp extension (bsr_linear) is not built")
 
@@ -38,7 +40,7 @@ def test_bfloat16_layer_rounds_the_float32_sum_once(in_features, out_features):
         assert torch.equal(y, packed._checked(x))        # the direct call and the registered op agree
     assert y.shape == (2, 9, out_features) and y.dtype == torch.bfloat16 and packed.blocks.dtype == torch.bfloat16
     exact = F.linear(x.double(), linear.weight.double(), linear.bias.double())
-    assert bool(((y.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-4).all())
+    assert_bfloat16_close(y, exact)
 
 
 def test_zero_blocks_are_skipped_and_a_block_sparse_layer_stays_exact():

@@ -14,14 +14,8 @@
 namespace {
 // Which compiled variant the CPU kernels run here (isa_dispatch.h), for `pyprune info`.
 std::string cpu_isa_name() {
-  switch (pyprune::cpu_isa()) {
-    case pyprune::Isa::kAvx512:
-      return pyprune::cpu_bf16_dot() ? "avx512bf16" : "avx512";
-    case pyprune::Isa::kAvx2:
-      return "avx2";
-    default:
-      return "base";
-  }
+  static const char* const names[] = {"base", "avx2", "avx512", "avx512bf16"};
+  return names[static_cast<int>(pyprune::cpu_isa())];
 }
 }  // namespace
 

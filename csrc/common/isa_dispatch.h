@@ -8,9 +8,9 @@
 // levels resolves by CPU model and picked the baseline on AMD EPYC, hence the
 // explicit feature tests. The environment variable PYPRUNE_CPU_ISA (base,
 // avx2, avx512, avx512bf16) caps the choice, so tests can run every variant
-// on one CPU. AVX512_BF16 (bfloat16 dot products) is a level above AVX-512
-// for the kernels that have a bfloat16 variant (cpu_bf16_dot()); "avx512"
-// caps below it.
+// on one CPU. AVX512_BF16 (bfloat16 dot products) is a level above AVX-512:
+// kernels without a bfloat16 variant run their AVX-512 copy there (compare
+// with >= kAvx512); "avx512" caps below it.
 #pragma once
 
 #include <cstdlib>
@@ -27,14 +27,15 @@
 
 namespace pyprune {
 
-enum class Isa { kBase, kAvx2, kAvx512 };
+enum class Isa { kBase, kAvx2, kAvx512, kAvx512Bf16 };
 
 inline Isa isa_cap() {
   const char* cap = std::getenv("PYPRUNE_CPU_ISA");
-  if (cap == nullptr) return Isa::kAvx512;
+  if (cap == nullptr) return Isa::kAvx512Bf16;
   if (std::strcmp(cap, "base") == 0) return Isa::kBase;
   if (std::strcmp(cap, "avx2") == 0) return Isa::kAvx2;
-  return Isa::kAvx512;
+  if (std::strcmp(cap, "avx512") == 0) return Isa::kAvx512;
+  return Isa::kAvx512Bf16;
 }
 
 inline Isa detect_cpu_isa() {
@@ -44,7 +45,7 @@ inline Isa detect_cpu_isa() {
                     __builtin_cpu_supports("popcnt");
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-    return Isa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
   if (avx2) return Isa::kAvx2;
 #endif
   return Isa::kBase;
@@ -62,20 +63,6 @@ inline Isa cpu_isa() {
   return isa;
 }
 
-// AVX-512 with AVX512_BF16 (vdpbf16ps), unless PYPRUNE_CPU_ISA caps below it.
-inline bool cpu_bf16_dot() {
-#ifdef PYPRUNE_X86_DISPATCH
-  static const bool ok = [] {
-    const char* cap = std::getenv("PYPRUNE_CPU_ISA");
-    return cpu_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16") &&
-           (cap == nullptr || std::strcmp(cap, "avx512bf16") == 0);
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
-
 }  // namespace pyprune
 
 #ifdef PYPRUNE_X86_DISPATCH
@@ -85,7 +72,7 @@ inline bool cpu_bf16_dot() {
   PYPRUNE_TARGET_AVX512 static void NAME##_avx512 PARAMS { BODY ARGS; }         \
   static void NAME PARAMS {                                                     \
     const ::pyprune::Isa isa = ::pyprune::cpu_isa();                            \
-    if (isa == ::pyprune::Isa::kAvx512) return NAME##_avx512 ARGS;              \
+    if (isa >= ::pyprune::Isa::kAvx512) return NAME##_avx512 ARGS;              \
     if (isa == ::pyprune::Isa::kAvx2) return NAME##_avx2 ARGS;                  \
     return NAME##_base ARGS;                                                    \
   }

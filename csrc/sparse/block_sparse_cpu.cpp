@@ -164,6 +164,8 @@ PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void tile_dot(const ProblemBf16& p, int
   }
 }
 
+// remainder_dot and rows_bf16_dot mirror remainder and rows_impl: an always-inline function can only
+// inline tile_dot if it carries the AVX512_BF16 target itself, which the shared helpers must not.
 template <int Tile>
 PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void remainder_dot(const ProblemBf16& p, int64_t r, int64_t m0,
                                                             int64_t left) {
@@ -205,7 +207,7 @@ static void rows_bf16_base(const ProblemBf16& p, int64_t first, int64_t last) { 
 void linear_rows(const Problem& p, int64_t first, int64_t last) {
 #ifdef PYPRUNE_X86_DISPATCH
   const Isa isa = cpu_isa();
-  if (isa == Isa::kAvx512) return rows_avx512(p, first, last);
+  if (isa >= Isa::kAvx512) return rows_avx512(p, first, last);
   if (isa == Isa::kAvx2) return rows_avx2(p, first, last);
 #endif
   rows_base(p, first, last);
@@ -213,8 +215,8 @@ void linear_rows(const Problem& p, int64_t first, int64_t last) {
 
 void linear_rows_bf16(const ProblemBf16& p, int64_t first, int64_t last) {
 #ifdef PYPRUNE_X86_DISPATCH
-  if (cpu_bf16_dot()) return rows_bf16_dot(p, first, last);
   const Isa isa = cpu_isa();
+  if (isa == Isa::kAvx512Bf16) return rows_bf16_dot(p, first, last);
   if (isa == Isa::kAvx512) return rows_bf16_avx512(p, first, last);
   if (isa == Isa::kAvx2) return rows_bf16_avx2(p, first, last);
 #endif

@@ -144,14 +144,11 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def main(argv=None) -> int:
     def arguments(parser):
         parser.add_argument("--inference", action="store_true",
                             help="forward without autograd at decoding's token counts")
-        parser.add_argument("--dtype", choices=DTYPES, default="float32",
+        parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                             help="weights and inputs (default float32; the packed kernel runs float32 and bfloat16)")
     return cli("block_sparse", __doc__, argv, run, format_table, arguments,
-               lambda args: {"inference": args.inference, "dtype": DTYPES[args.dtype]})
+               lambda args: {"inference": args.inference, "dtype": getattr(torch, args.dtype)})

@@ -144,12 +144,10 @@ def measure(deer, baseline, source_ids, rounds: int, device: str = "cpu") -> lis
 def _packed_steps(deer, model, baseline, ar_decode, sources) -> list:
     """Whole decoding with every linear layer on torch's GEMM (anchor) against the packed-blocks kernel
     (``pack_for_inference``), DEER at keep 1 with two edit iterations and the AR baseline alike."""
-    import copy
     from pyprune.deer.generate import generate_ids
-    from pyprune.deer.model import pack_for_inference
-    packed_model = copy.deepcopy(model)
-    packed_baseline = copy.deepcopy(baseline)
-    if not pack_for_inference(packed_model) or not pack_for_inference(packed_baseline):
+    from pyprune.deer.model import inference_copy
+    packed_model, packed_baseline = inference_copy(model), inference_copy(baseline)
+    if packed_model.output_layer is None or packed_baseline.output_layer is None:
         return []                                        # the cpp extension is not built: nothing to compare
     penalties = deer.decoding(1.0)
 

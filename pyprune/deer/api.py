@@ -14,7 +14,7 @@ from .._validation import fail
 from ..io import atomic_torch_save
 from ..pruning import DEFAULT_KEEP, BlockMovementPruning
 from .generate import generate_ids
-from .model import DeerConfig, DeerModel, pack_for_inference, special_ids
+from .model import DeerConfig, DeerModel, inference_copy, special_ids
 
 FORMAT = "pyprune-deer-1"
 CHECKPOINT = "checkpoint.pt"
@@ -111,19 +111,17 @@ class Deer:
         """The model at keep ratio `keep`, compacted, in eval mode (cached until ``clear_cache``); `dtype`: a
         copy in that floating-point type for inference (e.g. ``torch.bfloat16``; the model itself is not cast);
         `packed`: a copy whose linear layers run on the packed-blocks CPU kernel where it can
-        (``pack_for_inference``: float32 or bfloat16 on the CPU), for decoding only."""
+        (``inference_copy``: float32 or bfloat16 on the CPU), for decoding only."""
         keep = self._keep(keep)
         if packed:
             if (keep, dtype, "packed") not in self._subnetworks:
-                model = copy.deepcopy(self.sub_network(keep, dtype))
-                pack_for_inference(model)
-                self._subnetworks[keep, dtype, "packed"] = model.eval()
+                self._subnetworks[keep, dtype, "packed"] = inference_copy(self.sub_network(keep, dtype))
             return self._subnetworks[keep, dtype, "packed"]
         if dtype is not None and dtype != self.model.output_bias.dtype:
             if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
                 fail("dtype", "a floating-point torch.dtype (e.g. torch.bfloat16)", dtype)
             if (keep, dtype) not in self._subnetworks:
-                self._subnetworks[keep, dtype] = copy.deepcopy(self.sub_network(keep)).to(dtype).eval()
+                self._subnetworks[keep, dtype] = inference_copy(self.sub_network(keep), dtype, packed=False)
             return self._subnetworks[keep, dtype]
         if self.pruning is None:
             return self.model.eval()

@@ -1,7 +1,6 @@
 """Quality and speed of a trained DEER model: BLEU x keep ratio x edit iterations, latency, parameters."""
 from __future__ import annotations
 
-import copy
 import time
 from typing import Optional, Sequence
 
@@ -12,7 +11,7 @@ from ..report import markdown_table, save_plot
 from .api import Deer
 from .baseline import AutoregressiveBaseline
 from .generate import generate_ids
-from .model import pack_for_inference
+from .model import inference_copy
 
 
 # Batch-1 latency is the median of this many timed passes over the latency sentences. The passes of all rows
@@ -84,9 +83,8 @@ def evaluate(deer: Deer, pairs: Sequence[tuple[str, str]], keeps: Sequence[float
     if baseline is not None:
         params = count_parameters(baseline)                 # before packing: packed layers hold buffers
         if dtype is not None or packed:
-            baseline = copy.deepcopy(baseline).to(dtype)      # `.to(None)` leaves the dtype
-        if packed:
-            kernels.add(pack_for_inference(baseline) > 0)
+            baseline = inference_copy(baseline, dtype, packed)
+        kernels.add(baseline.output_layer is not None)
         measure({"model": f"autoregressive ({len(baseline.blocks)}-layer decoder, greedy, KV cache)", "keep": 1.0,
                  "iterations": None, "params": params},
                 lambda src, batch_size: baseline.generate_ids(src, batch_size=batch_size))

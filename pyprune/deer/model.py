@@ -25,6 +25,7 @@ Heads, all sharing the encoder:
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
@@ -90,6 +91,16 @@ def pack_for_inference(model: nn.Module) -> int:
         model.requires_grad_(False)
         count += 1
     return count
+
+
+def inference_copy(model: nn.Module, dtype: Optional[torch.dtype] = None, packed: bool = True) -> nn.Module:
+    """A copy of `model` (a ``DeerModel`` or the autoregressive baseline) for decoding, in eval mode: cast to
+    `dtype` (None: its own) and, with `packed`, on the packed-blocks kernel where it runs
+    (``pack_for_inference``; ``output_layer`` is set when it did)."""
+    model = copy.deepcopy(model).to(dtype)
+    if packed:
+        pack_for_inference(model)
+    return model.eval()
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
