@@ -10,6 +10,8 @@ import pytest
 import torch
 import transformers
 
+import pyprune
+
 from pyprune.deer import Deer, DeerObjective
 from pyprune.deer.baseline import AutoregressiveBaseline, train_baseline
 from pyprune.deer.generate import fill_words, generate_ids, pad_rows
@@ -18,7 +20,7 @@ from pyprune.deer.losses import (PENALTY_GRID, content, ctc_draft_tokens, glance
 from pyprune.deer.model import pack_for_inference
 from pyprune.deer.train import TrainConfig, encode_pairs, set_dropout, target_vocabulary, train
 from pyprune.nn import BlockSparseLinear
-from pyprune.ops import apply_ins_words, get_ins_targets
+from pyprune.ops import apply_ins_words, attention, get_ins_targets
 from pyprune.sparse.linear import packed_usable
 
 SOURCES = ["el perro come pan", "la casa es grande y bonita", "dios es amor"]
@@ -89,6 +91,27 @@ def test_one_pass_over_source_and_target_equals_two(tokenizer):
     assert torch.equal(cache.mask, reference.mask)
     with pytest.raises(ValueError, match="targets"):
         model.encode_with_target(sources, targets[:2])
+
+
+@pytest.mark.skipif(not pyprune.backends.has_kernel("masked_attention", "CPU"), reason="the cpp extension is not built")
+def test_decoding_passes_on_the_attention_kernel_equal_the_joint_pass(tokenizer, monkeypatch):
+    """Without autograd the cached passes run pyprune_C::masked_attention (the CTC pass with its source-prefix
+    rule); the joint pass, with its full (rows x keys) mask, runs torch's attention."""
+    deer = make(tokenizer)
+    model = deer.model.eval()
+    sources, targets = batch(deer)
+    used = []
+    usable = attention.kernel_usable
+    monkeypatch.setattr(attention, "kernel_usable", lambda x: used.append(usable(x)) or used[-1])
+    with torch.no_grad():
+        joint = model.joint_forward(sources, targets)
+        assert not used
+        cache, h = model.encode_with_target(sources, targets)
+        cached = model.decode_target(cache, targets)
+    assert used and all(used)
+    valid = targets.ne(0)
+    torch.testing.assert_close(h[valid], joint[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached[valid], joint[valid], atol=1e-5, rtol=1e-5)
 
 
 def test_fill_words_equals_the_argmax_over_every_position(tokenizer):

@@ -58,6 +58,11 @@ TORCH_LIBRARY(pyprune_C, m) {
   // Inference only (no autograd): y = x W^T + bias, W as its packed live 32x32 blocks.
   m.def("bsr_linear(Tensor x, Tensor blocks, Tensor row_ptr, Tensor col_index, Tensor? bias) -> Tensor");
 
+  // Inference only: decoding's attention with a key-padding mask and a prefix rule (query rows < prefix see
+  // keys < prefix only); the output has the heads merged, (batch, queries, heads * head_dim).
+  m.def(
+      "masked_attention(Tensor q, Tensor k, Tensor v, Tensor? key_valid, int prefix, float scale) -> Tensor");
+
   // The ISA variant of the CPU kernels: base, avx2, avx512 or avx512bf16 (PYPRUNE_CPU_ISA caps it).
   m.def("cpu_isa() -> str", &cpu_isa_name);
 }

@@ -79,6 +79,16 @@ PYPRUNE_INLINE float fast_log(float x) {
   return x != x ? x : y;
 }
 
+// bfloat16 (as its bit pattern, the top half of a float32) to float32: exact.
+PYPRUNE_INLINE float bf16_to_float(uint16_t h) { return bits_to_float(uint32_t(h) << 16); }
+
+// float32 to the nearest bfloat16, ties to even (as torch rounds); NaN becomes the quiet NaN 0x7fc0.
+PYPRUNE_INLINE uint16_t float_to_bf16(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);
+}
+
 template <typename T> PYPRUNE_INLINE T vexp(T x) { return std::exp(x); }
 template <typename T> PYPRUNE_INLINE T vlog(T x) { return std::log(x); }
 template <> PYPRUNE_INLINE float vexp<float>(float x) { return fast_exp(x); }

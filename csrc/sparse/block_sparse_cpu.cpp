@@ -53,7 +53,7 @@ PYPRUNE_INLINE Vec16 load16(const uint16_t* p) {
 }
 
 PYPRUNE_INLINE float to_float(float v) { return v; }
-PYPRUNE_INLINE float to_float(uint16_t h) { return bits_to_float(uint32_t(h) << 16); }
+PYPRUNE_INLINE float to_float(uint16_t h) { return bf16_to_float(h); }
 
 PYPRUNE_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
 

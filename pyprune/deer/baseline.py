@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .._memo import unless_recorded
 from .._validation import fail
+from ..ops import attention
 from .generate import pad_rows, sorted_batches
 
 
@@ -34,7 +35,13 @@ class _Attention(nn.Module):
         return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, causal: bool = False) -> Tensor:
-        out = F.scaled_dot_product_attention(self.split(self.q(x)), k, v, attn_mask=mask, is_causal=causal)
+        """`mask`: None or a (batch, 1, 1, keys) bool key-padding mask. Decoding steps (not causal, no gradient)
+        run the decoding attention kernel (``pyprune.ops.attention``), as DEER's layers do."""
+        q = self.split(self.q(x))
+        if not causal and attention.kernel_usable(q):
+            key_valid = None if mask is None else mask[:, 0, 0]
+            return self.o(torch.ops.pyprune_C.masked_attention(q, k, v, key_valid, 0, q.shape[-1] ** -0.5))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.o(out.transpose(1, 2).reshape(x.shape))
 
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .._memo import unless_recorded
 from .._validation import fail
 from ..nn.packed import PackedLinear, pack_linears
+from ..ops import attention
 
 BACKBONES = ("bert", "roberta", "xlm-roberta")
 
@@ -112,18 +113,25 @@ def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tens
     """One BERT layer for query rows `h` given all keys/values and a (batch, 1, rows or 1, keys) bool mask.
 
     `source_rows`: the first rows of `h` are source rows, which attend only to the first `source_rows` keys.
+    Decoding (no gradient, no dropout, a key-padding mask) runs the decoding attention kernel
+    (``pyprune.ops.attention``); training and other masks run torch's attention.
     """
     sa = layer.attention.self
     q = _heads(sa.query(h), sa.num_attention_heads)
     p = sa.dropout.p if sa.training else 0.0
-    if source_rows:
-        S = source_rows
-        ctx = torch.cat([F.scaled_dot_product_attention(q[:, :, :S], keys[:, :, :S], values[:, :, :S],
-                                                        attn_mask=mask[..., :S], dropout_p=p),
-                         F.scaled_dot_product_attention(q[:, :, S:], keys, values, attn_mask=mask, dropout_p=p)], 2)
+    if p == 0.0 and mask.shape[2] == 1 and attention.kernel_usable(q):
+        ctx = torch.ops.pyprune_C.masked_attention(q, keys, values, mask[:, 0, 0], source_rows,
+                                                   q.shape[-1] ** -0.5)
     else:
-        ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
-    ctx = ctx.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
+        if source_rows:
+            S = source_rows
+            ctx = torch.cat([F.scaled_dot_product_attention(q[:, :, :S], keys[:, :, :S], values[:, :, :S],
+                                                            attn_mask=mask[..., :S], dropout_p=p),
+                             F.scaled_dot_product_attention(q[:, :, S:], keys, values, attn_mask=mask,
+                                                            dropout_p=p)], 2)
+        else:
+            ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
+        ctx = ctx.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
     a = layer.attention.output(ctx, h)
     return layer.output(layer.intermediate(a), a)
 

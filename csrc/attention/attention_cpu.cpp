@@ -1,0 +1,292 @@
+// Masked attention for decoding (see attention_core.h).
+//
+// Per (batch, head) the keys are widened once into float32 scratch, k
+// transposed (head_dim x keys, padded to 16 keys) so that a query row's
+// scores are multiply-adds along the keys, v as rows; then per query row:
+// scores, masking, max, exp, sum, and the weighted sum of the v rows that
+// carry weight. Every inner loop runs along keys or features with no
+// dependence between iterations, so GCC vectorises it for each ISA variant
+// (isa_dispatch.h); the two reductions (max and sum) keep 16 partial lanes.
+// Head sizes that are a multiple of 16 take a path written with GCC vector
+// types (query rows in fours against 16 keys at a time); others plain loops.
+
+// The vector helpers are always inlined into one ISA variant; the ABI note about passing 64-byte vectors
+// between functions does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "../common/fast_math.h"
+#include "../common/isa_dispatch.h"
+#include "attention_core.h"
+
+
+namespace pyprune {
+namespace attn {
+namespace {
+
+constexpr int64_t kLanes = 16;
+
+PYPRUNE_INLINE int64_t padded(int64_t keys) { return (keys + kLanes - 1) / kLanes * kLanes; }
+
+// The running maximum after seeing x; a NaN, once seen, stays (it then propagates to the row's output).
+PYPRUNE_INLINE float after(float m, float x) { return x > m || x != x ? x : m; }
+
+PYPRUNE_INLINE float widen(float v) { return v; }
+PYPRUNE_INLINE float widen(uint16_t h) { return bf16_to_float(h); }
+PYPRUNE_INLINE void store(float* p, float v) { *p = v; }
+PYPRUNE_INLINE void store(uint16_t* p, float v) { *p = float_to_bf16(v); }
+
+// Any head size: plain loops (the reference-like path; head sizes that are not a multiple of 16).
+template <typename T>
+PYPRUNE_INLINE void heads_generic(const AttentionOf<T>& p, int64_t first, int64_t last, float* scratch) {
+  const int64_t D = p.head_dim, K = p.keys, KP = padded(K);
+  const float kNegInf = -std::numeric_limits<float>::infinity();
+  float* kt = scratch;           // (D, KP): kt[d * KP + j] = k[j][d]
+  float* vf = kt + D * KP;       // (K, D)
+  float* s = vf + K * D;         // (KP) scores, then weights
+  float* qf = s + KP;            // (D) the query row, scaled
+  float* acc = qf + D;           // (D)
+  for (int64_t pair = first; pair < last; ++pair) {
+    const int64_t b = pair / p.heads, h = pair % p.heads;
+    const T* kb = p.k + b * p.k_batch + h * p.k_head;
+    const T* vb = p.v + b * p.v_batch + h * p.v_head;
+    for (int64_t j = 0; j < K; ++j)
+      for (int64_t d = 0; d < D; ++d) kt[d * KP + j] = widen(kb[j * p.k_row + d]);
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t j = K; j < KP; ++j) kt[d * KP + j] = 0.f;
+    for (int64_t j = 0; j < K; ++j)
+      for (int64_t d = 0; d < D; ++d) vf[j * D + d] = widen(vb[j * p.v_row + d]);
+    const uint8_t* valid = p.key_valid != nullptr ? p.key_valid + b * p.valid_batch : nullptr;
+    for (int64_t i = 0; i < p.queries; ++i) {
+      T* out = p.out + ((b * p.queries + i) * p.heads + h) * D;
+      const T* qrow = p.q + b * p.q_batch + h * p.q_head + i * p.q_row;
+      for (int64_t d = 0; d < D; ++d) qf[d] = widen(qrow[d]) * p.scale;
+      for (int64_t j = 0; j < KP; ++j) s[j] = 0.f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float qd = qf[d];
+        const float* krow = kt + d * KP;
+        for (int64_t j = 0; j < KP; ++j) s[j] += qd * krow[j];
+      }
+      // Keys this row sees: [0, seen) where valid.
+      const int64_t seen = i < p.prefix ? p.prefix : K;
+      if (valid != nullptr)
+        for (int64_t j = 0; j < seen; ++j) s[j] = valid[j] ? s[j] : kNegInf;
+      for (int64_t j = seen; j < KP; ++j) s[j] = kNegInf;
+      float lanes[kLanes];
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] = kNegInf;
+      for (int64_t j = 0; j < KP; j += kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] = after(lanes[l], s[j + l]);
+      float m = kNegInf;
+      for (int64_t l = 0; l < kLanes; ++l) m = after(m, lanes[l]);
+      if (m == kNegInf) {  // no visible key
+        for (int64_t d = 0; d < D; ++d) store(out + d, 0.f);
+        continue;
+      }
+      for (int64_t j = 0; j < KP; ++j) s[j] = fast_exp(s[j] - m);  // exp(-inf) == 0: masked keys weigh 0
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] = 0.f;
+      for (int64_t j = 0; j < KP; j += kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += s[j + l];
+      float total = 0.f;
+      for (int64_t l = 0; l < kLanes; ++l) total += lanes[l];
+      for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
+      for (int64_t j = 0; j < seen; ++j) {
+        const float w = s[j];
+        if (w == 0.f) continue;  // masked (or negligible) keys cost nothing
+        const float* vrow = vf + j * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] += w * vrow[d];
+      }
+      const float inv = 1.f / total;
+      for (int64_t d = 0; d < D; ++d) store(out + d, acc[d] * inv);
+    }
+  }
+}
+
+typedef float Vec16 __attribute__((vector_size(64)));
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec4 __attribute__((vector_size(16)));
+typedef uint32_t U32x16 __attribute__((vector_size(64)));
+typedef uint16_t U16x16 __attribute__((vector_size(32)));
+
+PYPRUNE_INLINE Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+PYPRUNE_INLINE Vec16 load16(const uint16_t* p) {
+  U16x16 h;
+  std::memcpy(&h, p, sizeof h);
+  const U32x16 u = __builtin_convertvector(h, U32x16) << 16;
+  Vec16 v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+PYPRUNE_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
+
+// Rounded to the nearest bfloat16 (ties to even), NaN to 0x7fc0: float_to_bf16 on 16 lanes.
+PYPRUNE_INLINE void store16(uint16_t* p, Vec16 v) {
+  U32x16 u;
+  std::memcpy(&u, &v, sizeof u);
+  const U32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const U16x16 h = __builtin_convertvector((u & 0x7fffffffu) > 0x7f800000u ? U32x16{} + 0x7fc0u : rounded, U16x16);
+  std::memcpy(p, &h, sizeof h);
+}
+
+PYPRUNE_INLINE float hsum(Vec16 v) {
+  const Vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// Scores of `R` query rows (qf, R x D scaled) against every key, from the transposed keys kt (D x KP):
+// each loaded vector of 16 keys serves the R rows.
+template <int R>
+PYPRUNE_INLINE void scores_transposed(const float* qf, const float* kt, int64_t D, int64_t KP, float* s) {
+  for (int64_t kv = 0; kv < KP; kv += 16) {
+    Vec16 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = Vec16{};
+    for (int64_t d = 0; d < D; ++d) {
+      const Vec16 keys = load16(kt + d * KP + kv);
+      for (int r = 0; r < R; ++r) acc[r] += qf[r * D + d] * keys;
+    }
+    for (int r = 0; r < R; ++r) store16(s + r * KP + kv, acc[r]);
+  }
+}
+
+// Turns one row's scores into softmax numerators in place (masked keys: 0); returns their sum, 0 when the
+// row sees no key (NaN scores propagate).
+PYPRUNE_INLINE float softmax_numerators(float* __restrict s, const uint8_t* valid, int64_t seen, int64_t KP) {
+  const float kNegInf = -std::numeric_limits<float>::infinity();
+  if (valid != nullptr)
+    for (int64_t j = 0; j < seen; ++j) s[j] = valid[j] ? s[j] : kNegInf;
+  for (int64_t j = seen; j < KP; ++j) s[j] = kNegInf;
+  Vec16 lanes = Vec16{} + kNegInf;
+  for (int64_t j = 0; j < KP; j += 16) {
+    const Vec16 x = load16(s + j);
+    lanes = (x > lanes) | (x != x) ? x : lanes;
+  }
+  float m = kNegInf;
+  for (int l = 0; l < 16; ++l) m = after(m, lanes[l]);
+  if (m == kNegInf) return 0.f;
+  for (int64_t j = 0; j < KP; ++j) s[j] = fast_exp(s[j] - m);
+  Vec16 total = Vec16{};
+  for (int64_t j = 0; j < KP; j += 16) total += load16(s + j);
+  return hsum(total);
+}
+
+// Head sizes that are a multiple of 16 (DV vectors of 16 features; 0: read from p at run time).
+template <int DV, typename T>
+PYPRUNE_INLINE void heads_vector(const AttentionOf<T>& p, int64_t first, int64_t last, float* scratch) {
+  constexpr int kRows = 4;
+  const int64_t D = DV ? DV * 16 : p.head_dim, nv = D / 16, K = p.keys, KP = padded(K);
+  float* kt = scratch;           // (D, KP), for kRows or more query rows
+  float* vf = kt + D * KP;       // (K, D) widened v (bfloat16)
+  float* s = vf + K * D;         // (kRows, KP)
+  float* qf = s + kRows * KP;    // (kRows, D)
+  for (int64_t pair = first; pair < last; ++pair) {
+    const int64_t b = pair / p.heads, h = pair % p.heads;
+    const T* kb = p.k + b * p.k_batch + h * p.k_head;
+    const T* vb = p.v + b * p.v_batch + h * p.v_head;
+    const uint8_t* valid = p.key_valid != nullptr ? p.key_valid + b * p.valid_batch : nullptr;
+    const bool transposed = p.queries >= kRows;
+    if (transposed) {
+      for (int64_t j = 0; j < K; ++j)
+        for (int64_t d = 0; d < D; ++d) kt[d * KP + j] = widen(kb[j * p.k_row + d]);
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t j = K; j < KP; ++j) kt[d * KP + j] = 0.f;
+    }
+    // float32 v rows are read in place; bfloat16 ones widened once.
+    const float* vrows = reinterpret_cast<const float*>(vb);
+    int64_t vstride = p.v_row;
+    if (sizeof(T) != sizeof(float)) {
+      for (int64_t j = 0; j < K; ++j)
+        for (int64_t c = 0; c < nv; ++c) store16(vf + j * D + 16 * c, load16(vb + j * p.v_row + 16 * c));
+      vrows = vf;
+      vstride = D;
+    }
+    for (int64_t i0 = 0; i0 < p.queries; i0 += kRows) {
+      const int64_t rows = std::min<int64_t>(kRows, p.queries - i0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* qrow = p.q + b * p.q_batch + h * p.q_head + (i0 + r) * p.q_row;
+        for (int64_t d = 0; d < D; ++d) qf[r * D + d] = widen(qrow[d]) * p.scale;
+      }
+      if (transposed && rows == kRows) {
+        scores_transposed<kRows>(qf, kt, D, KP, s);
+      } else {  // few rows: one dot product per key, no transposed copy
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t j = 0; j < K; ++j) {
+            Vec16 acc = Vec16{};
+            for (int64_t c = 0; c < nv; ++c) acc += load16(qf + r * D + 16 * c) * load16(kb + j * p.k_row + 16 * c);
+            s[r * KP + j] = hsum(acc);
+          }
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r;
+        T* out = p.out + ((b * p.queries + i) * p.heads + h) * D;
+        const int64_t seen = i < p.prefix ? p.prefix : K;
+        float* w = s + r * KP;
+        const float total = softmax_numerators(w, valid, seen, KP);
+        Vec16 acc[DV ? DV : 16];
+        for (int64_t c = 0; c < nv; ++c) acc[c] = Vec16{};
+        if (total != 0.f) {
+          for (int64_t j = 0; j < seen; ++j) {
+            const float wj = w[j];
+            if (wj == 0.f) continue;  // masked (or negligible) keys cost nothing
+            for (int64_t c = 0; c < nv; ++c) acc[c] += wj * load16(vrows + j * vstride + 16 * c);
+          }
+          const float inv = 1.f / total;
+          for (int64_t c = 0; c < nv; ++c) acc[c] *= inv;
+        }
+        for (int64_t c = 0; c < nv; ++c) store16(out + 16 * c, acc[c]);
+      }
+    }
+  }
+}
+
+template <typename T>
+PYPRUNE_INLINE void heads_impl(const AttentionOf<T>& p, int64_t first, int64_t last, float* scratch) {
+  if (p.head_dim % 16 != 0 || p.head_dim > 256) return heads_generic(p, first, last, scratch);
+  switch (p.head_dim / 16) {
+    case 2: return heads_vector<2>(p, first, last, scratch);
+    case 4: return heads_vector<4>(p, first, last, scratch);
+    case 8: return heads_vector<8>(p, first, last, scratch);
+    default: return heads_vector<0>(p, first, last, scratch);
+  }
+}
+
+PYPRUNE_INLINE void heads_f32(const Attention& p, int64_t first, int64_t last, float* scratch) {
+  heads_impl(p, first, last, scratch);
+}
+PYPRUNE_INLINE void heads_bf16(const AttentionBf16& p, int64_t first, int64_t last, float* scratch) {
+  heads_impl(p, first, last, scratch);
+}
+
+PYPRUNE_ISA_VARIANTS(run_f32, (const Attention& p, int64_t first, int64_t last, float* scratch),
+                     (p, first, last, scratch), heads_f32)
+PYPRUNE_ISA_VARIANTS(run_bf16, (const AttentionBf16& p, int64_t first, int64_t last, float* scratch),
+                     (p, first, last, scratch), heads_bf16)
+
+}  // namespace
+
+int64_t scratch_floats(int64_t keys, int64_t head_dim) {
+  // The larger of the two paths' needs: kt, vf, then 4 rows of scores and of queries (heads_vector).
+  const int64_t kp = padded(keys);
+  return head_dim * kp + keys * head_dim + 4 * kp + 4 * head_dim;
+}
+
+void attention_heads(const Attention& p, int64_t first, int64_t last, float* scratch) {
+  run_f32(p, first, last, scratch);
+}
+
+void attention_heads_bf16(const AttentionBf16& p, int64_t first, int64_t last, float* scratch) {
+  run_bf16(p, first, last, scratch);
+}
+
+}  // namespace attn
+}  // namespace pyprune
