@@ -11,7 +11,7 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     # add_help=False: --help goes on to the benchmark's own parser.
     bench = commands.add_parser("bench", help="run a benchmark against the PyTorch anchor", add_help=False)
-    bench.add_argument("name", choices=["block_sparse", "ctc", "deer", "levenshtein", "pruning"], help="which benchmark")
+    bench.add_argument("name", choices=["attention", "block_sparse", "ctc", "deer", "levenshtein", "pruning"], help="which benchmark")
     commands.add_parser("info", help="show which backends are built and enabled")
     commands.add_parser("simple", help="SIMPLE pipeline: learn-masks | extract | finetune | evaluate | quick",
                         add_help=False)

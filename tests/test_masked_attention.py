@@ -176,3 +176,14 @@ def test_opcheck():
     q, k, v = _inputs(2, 3, 4, 5, 16, torch.float32, "contiguous")
     torch.library.opcheck(torch.ops.pyprune.masked_attention.default,
                           (q, k, v, torch.rand(2, 5) < 0.8, 2, 0.25), test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_kernel
+def test_benchmark_runs_and_reports_both_providers(monkeypatch):
+    from pyprune.benchmarks import attention as bench
+    monkeypatch.setattr(bench, "SHAPES", bench.SHAPES[:1] + bench.SHAPES[3:4])
+    monkeypatch.setattr(bench, "CALLS", 3)
+    result = bench.run(repeats=1)
+    assert len(result["rows"]) == 4 and all(r["torch_us"] > 0 and r["kernel_us"] > 0 for r in result["rows"])
+    assert all(r["max_abs_error"] < (1e-2 if r["dtype"] == "bfloat16" else 1e-5) for r in result["rows"])
+    assert "DEER CTC pass" in bench.format_table(result)
