@@ -1,14 +1,15 @@
 // Masked attention for decoding (see attention_core.h).
 //
-// Per (batch, head) the keys are widened once into float32 scratch, k
-// transposed (head_dim x keys, padded to 16 keys) so that a query row's
-// scores are multiply-adds along the keys, v as rows; then per query row:
-// scores, masking, max, exp, sum, and the weighted sum of the v rows that
-// carry weight. Every inner loop runs along keys or features with no
-// dependence between iterations, so GCC vectorises it for each ISA variant
-// (isa_dispatch.h); the two reductions (max and sum) keep 16 partial lanes.
-// Head sizes that are a multiple of 16 take a path written with GCC vector
-// types (query rows in fours against 16 keys at a time); others plain loops.
+// Head sizes that are a multiple of 16 (heads_vector, GCC vector types, so
+// each ISA variant of isa_dispatch.h gets its own code): per (batch, head),
+// with four or more query rows the keys are widened once into float32
+// scratch transposed (head_dim x keys, padded to 16 keys), and query rows go
+// four at a time against 16 keys, each loaded key vector serving the four;
+// with fewer rows each score is one dot product read in place. Then per row:
+// masking, max, exp, sum (16 partial lanes), and the weighted sum of the v
+// rows that carry weight (float32 v read in place, bfloat16 widened once per
+// pair). Other head sizes run heads_generic, plain loops that GCC vectorises
+// along keys or features.
 
 // The vector helpers are always inlined into one ISA variant; the ABI note about passing 64-byte vectors
 // between functions does not apply.
