@@ -24,7 +24,7 @@ from pyprune.deer.model import inference_copy
 
 def use_kernel(on: bool, usable=attention.kernel_usable) -> None:
     # DEER's layers and the AR's attention look the switch up in the module at each call.
-    attention.kernel_usable = usable if on else (lambda x: False)
+    attention.kernel_usable = usable if on else (lambda *tensors: False)
 
 
 def main() -> None:

@@ -187,3 +187,16 @@ def test_benchmark_runs_and_reports_both_providers(monkeypatch):
     assert len(result["rows"]) == 4 and all(r["torch_us"] > 0 and r["kernel_us"] > 0 for r in result["rows"])
     assert all(r["max_abs_error"] < (1e-2 if r["dtype"] == "bfloat16" else 1e-5) for r in result["rows"])
     assert "DEER CTC pass" in bench.format_table(result)
+
+
+def test_decoding_code_uses_the_kernel_only_when_no_input_needs_a_gradient():
+    from pyprune.ops import attention
+    q, k, v = _inputs(1, 2, 3, 4, 16, torch.float32, "contiguous")
+    usable = pyprune.backends.has_kernel("masked_attention", "CPU")
+    assert attention.kernel_usable(q, k, v) == usable
+    assert not attention.kernel_usable(q, k.requires_grad_(), v)          # a key that trains: torch's attention
+    with torch.no_grad():
+        assert attention.kernel_usable(q, k, v) == usable
+    assert not attention.kernel_usable(q.double(), k.double(), v.double())
+    with pyprune.backends.disabled("cpp"):
+        assert not attention.kernel_usable(q, k.detach(), v)

@@ -38,7 +38,7 @@ class _Attention(nn.Module):
         """`mask`: None or a (batch, 1, 1, keys) bool key-padding mask. Decoding steps (not causal, no gradient)
         run the decoding attention kernel (``pyprune.ops.attention``), as DEER's layers do."""
         q = self.split(self.q(x))
-        if not causal and attention.kernel_usable(q):
+        if not causal and attention.kernel_usable(q, k, v):
             key_valid = None if mask is None else mask[:, 0, 0]
             return self.o(torch.ops.pyprune_C.masked_attention(q, k, v, key_valid, 0, q.shape[-1] ** -0.5))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)

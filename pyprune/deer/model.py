@@ -119,7 +119,7 @@ def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tens
     sa = layer.attention.self
     q = _heads(sa.query(h), sa.num_attention_heads)
     p = sa.dropout.p if sa.training else 0.0
-    if p == 0.0 and mask.shape[2] == 1 and attention.kernel_usable(q):
+    if p == 0.0 and mask.shape[2] == 1 and attention.kernel_usable(q, keys, values):
         ctx = torch.ops.pyprune_C.masked_attention(q, keys, values, mask[:, 0, 0], source_rows,
                                                    q.shape[-1] ** -0.5)
     else:

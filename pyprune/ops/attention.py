@@ -46,11 +46,11 @@ def _(q, k, v, key_valid, prefix, scale):
     return q.new_empty(B, Q, H * D)
 
 
-def kernel_usable(x: Tensor) -> bool:
-    """Whether decoding code may call ``pyprune_C::masked_attention`` directly on tensors like `x`: a CPU
-    float32/bfloat16 tensor that needs no gradient, with the ``cpp`` backend built and enabled."""
-    return (x.device.type == "cpu" and x.dtype in KERNEL_DTYPES
-            and not (x.requires_grad and torch.is_grad_enabled())
+def kernel_usable(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether decoding code may call ``pyprune_C::masked_attention`` directly on `q`, `k`, `v`: CPU
+    float32/bfloat16 tensors none of which needs a gradient, with the ``cpp`` backend built and enabled."""
+    return (q.device.type == "cpu" and q.dtype in KERNEL_DTYPES
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
             and backends.enabled("cpp") and backends.has_kernel("masked_attention", "CPU"))
 
 
