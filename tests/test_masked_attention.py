@@ -1,9 +1,6 @@
 """The decoding attention kernel (pyprune_C::masked_attention) against a float64 softmax over the visible keys,
 and the public op (pyprune.ops.masked_attention) against torch's attention."""
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +8,8 @@ import torch.nn.functional as F
 
 import pyprune
 from pyprune.ops import attention_reference, masked_attention
+
+from helpers import ISA_VARIANTS, assert_prints_ok
 
 needs_kernel = pytest.mark.skipif(not pyprune.backends.has_kernel("masked_attention", "CPU"),
                                   reason="the cpp extension is not built")
@@ -86,7 +85,7 @@ def test_nan_stays_in_its_row():
 
 
 @needs_kernel
-@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "avx512bf16"])
+@pytest.mark.parametrize("isa", ISA_VARIANTS)
 def test_every_isa_variant_matches(isa):
     """Each compiled variant (isa_dispatch.h), forced with PYPRUNE_CPU_ISA in a fresh process."""
     script = (
@@ -100,9 +99,7 @@ def test_every_isa_variant_matches(isa):
         "        exact = R.masked_attention(q.double(), k.double(), v.double(), valid, prefix, D ** -0.5)\n"
         "        assert bool(((out.double() - exact).abs() <= slack * exact.abs() + 2e-5).all()), (dtype, D)\n"
         "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYPRUNE_CPU_ISA": isa},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert_prints_ok(script, PYPRUNE_CPU_ISA=isa)
 
 
 @pytest.mark.parametrize("backend_on", [True, False])

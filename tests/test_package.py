@@ -1,24 +1,15 @@
 """Import behaviour: a missing extension warns once and falls back; backend
 switches; the Triton package lives inside pyprune."""
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 import pyprune
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env={**os.environ, **env}, cwd=ROOT, timeout=300)
+from helpers import ROOT, run_python
 
 
 def test_import_without_extension_warns_once_and_uses_references():
-    result = _python("""
+    result = run_python("""
         import importlib.abc, sys, warnings
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path, target=None):
@@ -44,7 +35,7 @@ def test_import_without_extension_warns_once_and_uses_references():
 
 
 def test_environment_switch_disables_a_backend():
-    result = _python("""
+    result = run_python("""
         import pyprune
         print(pyprune.backends.available("cpp"), pyprune.backends.enabled("cpp"))
     """, PYPRUNE_DISABLE_BACKENDS="cpp,triton")
@@ -68,7 +59,7 @@ def test_triton_kernels_ship_inside_the_package():
 
 
 def test_cli_info_runs():
-    result = _python("from pyprune.cli import main; raise SystemExit(main(['info']))")
+    result = run_python("from pyprune.cli import main; raise SystemExit(main(['info']))")
     assert result.returncode == 0 and "cpp" in result.stdout
 
 
@@ -82,5 +73,5 @@ def test_info_names_the_cpu_kernel_variant_and_the_cap_applies(cap):
     if cap == "avx2" and found == "base":
         pytest.skip("this CPU (or build) has no AVX2 variant")
     # Capped at or below what the CPU has, the cap is what runs.
-    result = _python("from pyprune.cli import main; raise SystemExit(main(['info']))", PYPRUNE_CPU_ISA=cap)
+    result = run_python("from pyprune.cli import main; raise SystemExit(main(['info']))", PYPRUNE_CPU_ISA=cap)
     assert result.returncode == 0 and f"(CPU kernels: {cap})" in result.stdout, result.stdout + result.stderr

@@ -1,9 +1,5 @@
 """The packed block-sparse CPU kernel (pyprune.sparse.packed) against dense references, and
 BlockSparseLinear's inference path onto it."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +9,8 @@ from pyprune.nn import BlockSparseLinear
 from pyprune.sparse import expand_mask
 from pyprune.sparse.packed import pack_blocks, packed_block_linear
 from pyprune.sparse.packed_reference import bsr_linear, unpack_weight
+
+from helpers import ISA_VARIANTS, assert_bfloat16_close, assert_prints_ok
 
 
 def _mask(rows: int, cols: int, kind: str) -> torch.Tensor:
@@ -31,11 +29,6 @@ def _mask(rows: int, cols: int, kind: str) -> torch.Tensor:
 
 
 MASK_KINDS = ["random", "full", "empty", "empty_row_and_column", "single"]
-
-
-def assert_bfloat16_close(y, exact):
-    """`y` (bfloat16) is `exact` rounded once: half an ulp (at most 2^-8 relative), plus float32 summation order."""
-    assert bool(((y.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-4).all())
 
 
 def _exact(x, weight, mask, bias):
@@ -110,7 +103,7 @@ def test_other_dtypes_run_on_the_reference():
     torch.testing.assert_close(y, _exact(x, weight, mask, None))
 
 
-@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "avx512bf16"])
+@pytest.mark.parametrize("isa", ISA_VARIANTS)
 def test_every_isa_variant_matches(isa):
     """Each compiled variant (isa_dispatch.h), forced with PYPRUNE_CPU_ISA in a fresh process, in float32 and
     bfloat16 (AVX512_BF16's pairwise dot products where the CPU has them, widening to float32 below)."""
@@ -127,9 +120,7 @@ def test_every_isa_variant_matches(isa):
         "        exact = x.double() @ (w.double() * expand_mask(mask)).T + b.double()\n"
         "        assert y.dtype == dtype and bool(((y.double() - exact).abs() <= slack * exact.abs() + 1e-4).all()), m\n"
         "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYPRUNE_CPU_ISA": isa},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert_prints_ok(script, PYPRUNE_CPU_ISA=isa)
 
 
 def test_opcheck():

@@ -8,7 +8,7 @@ import pyprune
 from pyprune.nn import BlockSparseLinear, PackedLinear, pack_linears
 from pyprune.sparse.linear import packed_usable
 
-from test_packed_blocks import assert_bfloat16_close
+from helpers import assert_bfloat16_close
 
 needs_kernel = pytest.mark.skipif(not packed_usable(torch.device("cpu"), torch.float32),
                                   reason="the cpp extension (bsr_linear) is not built")

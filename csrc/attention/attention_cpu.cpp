@@ -21,8 +21,8 @@
 
 #include "../common/fast_math.h"
 #include "../common/isa_dispatch.h"
+#include "../common/vec16.h"
 #include "attention_core.h"
-
 
 namespace pyprune {
 namespace attn {
@@ -35,107 +35,8 @@ PYPRUNE_INLINE int64_t padded(int64_t keys) { return (keys + kLanes - 1) / kLane
 // The running maximum after seeing x; a NaN, once seen, stays (it then propagates to the row's output).
 PYPRUNE_INLINE float after(float m, float x) { return x > m || x != x ? x : m; }
 
-PYPRUNE_INLINE float widen(float v) { return v; }
-PYPRUNE_INLINE float widen(uint16_t h) { return bf16_to_float(h); }
-PYPRUNE_INLINE void store(float* p, float v) { *p = v; }
-PYPRUNE_INLINE void store(uint16_t* p, float v) { *p = float_to_bf16(v); }
-
-// Any head size: plain loops (the reference-like path; head sizes that are not a multiple of 16).
-template <typename T>
-PYPRUNE_INLINE void heads_generic(const AttentionOf<T>& p, int64_t first, int64_t last, float* scratch) {
-  const int64_t D = p.head_dim, K = p.keys, KP = padded(K);
-  const float kNegInf = -std::numeric_limits<float>::infinity();
-  float* kt = scratch;           // (D, KP): kt[d * KP + j] = k[j][d]
-  float* vf = kt + D * KP;       // (K, D)
-  float* s = vf + K * D;         // (KP) scores, then weights
-  float* qf = s + KP;            // (D) the query row, scaled
-  float* acc = qf + D;           // (D)
-  for (int64_t pair = first; pair < last; ++pair) {
-    const int64_t b = pair / p.heads, h = pair % p.heads;
-    const T* kb = p.k + b * p.k_batch + h * p.k_head;
-    const T* vb = p.v + b * p.v_batch + h * p.v_head;
-    for (int64_t j = 0; j < K; ++j)
-      for (int64_t d = 0; d < D; ++d) kt[d * KP + j] = widen(kb[j * p.k_row + d]);
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t j = K; j < KP; ++j) kt[d * KP + j] = 0.f;
-    for (int64_t j = 0; j < K; ++j)
-      for (int64_t d = 0; d < D; ++d) vf[j * D + d] = widen(vb[j * p.v_row + d]);
-    const uint8_t* valid = p.key_valid != nullptr ? p.key_valid + b * p.valid_batch : nullptr;
-    for (int64_t i = 0; i < p.queries; ++i) {
-      T* out = p.out + ((b * p.queries + i) * p.heads + h) * D;
-      const T* qrow = p.q + b * p.q_batch + h * p.q_head + i * p.q_row;
-      for (int64_t d = 0; d < D; ++d) qf[d] = widen(qrow[d]) * p.scale;
-      for (int64_t j = 0; j < KP; ++j) s[j] = 0.f;
-      for (int64_t d = 0; d < D; ++d) {
-        const float qd = qf[d];
-        const float* krow = kt + d * KP;
-        for (int64_t j = 0; j < KP; ++j) s[j] += qd * krow[j];
-      }
-      // Keys this row sees: [0, seen) where valid.
-      const int64_t seen = i < p.prefix ? p.prefix : K;
-      if (valid != nullptr)
-        for (int64_t j = 0; j < seen; ++j) s[j] = valid[j] ? s[j] : kNegInf;
-      for (int64_t j = seen; j < KP; ++j) s[j] = kNegInf;
-      float lanes[kLanes];
-      for (int64_t l = 0; l < kLanes; ++l) lanes[l] = kNegInf;
-      for (int64_t j = 0; j < KP; j += kLanes)
-        for (int64_t l = 0; l < kLanes; ++l) lanes[l] = after(lanes[l], s[j + l]);
-      float m = kNegInf;
-      for (int64_t l = 0; l < kLanes; ++l) m = after(m, lanes[l]);
-      if (m == kNegInf) {  // no visible key
-        for (int64_t d = 0; d < D; ++d) store(out + d, 0.f);
-        continue;
-      }
-      for (int64_t j = 0; j < KP; ++j) s[j] = fast_exp(s[j] - m);  // exp(-inf) == 0: masked keys weigh 0
-      for (int64_t l = 0; l < kLanes; ++l) lanes[l] = 0.f;
-      for (int64_t j = 0; j < KP; j += kLanes)
-        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += s[j + l];
-      float total = 0.f;
-      for (int64_t l = 0; l < kLanes; ++l) total += lanes[l];
-      for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
-      for (int64_t j = 0; j < seen; ++j) {
-        const float w = s[j];
-        if (w == 0.f) continue;  // masked (or negligible) keys cost nothing
-        const float* vrow = vf + j * D;
-        for (int64_t d = 0; d < D; ++d) acc[d] += w * vrow[d];
-      }
-      const float inv = 1.f / total;
-      for (int64_t d = 0; d < D; ++d) store(out + d, acc[d] * inv);
-    }
-  }
-}
-
-typedef float Vec16 __attribute__((vector_size(64)));
 typedef float Vec8 __attribute__((vector_size(32)));
 typedef float Vec4 __attribute__((vector_size(16)));
-typedef uint32_t U32x16 __attribute__((vector_size(64)));
-typedef uint16_t U16x16 __attribute__((vector_size(32)));
-
-PYPRUNE_INLINE Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-PYPRUNE_INLINE Vec16 load16(const uint16_t* p) {
-  U16x16 h;
-  std::memcpy(&h, p, sizeof h);
-  const U32x16 u = __builtin_convertvector(h, U32x16) << 16;
-  Vec16 v;
-  std::memcpy(&v, &u, sizeof v);
-  return v;
-}
-
-PYPRUNE_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
-
-// Rounded to the nearest bfloat16 (ties to even), NaN to 0x7fc0: float_to_bf16 on 16 lanes.
-PYPRUNE_INLINE void store16(uint16_t* p, Vec16 v) {
-  U32x16 u;
-  std::memcpy(&u, &v, sizeof u);
-  const U32x16 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const U16x16 h = __builtin_convertvector((u & 0x7fffffffu) > 0x7f800000u ? U32x16{} + 0x7fc0u : rounded, U16x16);
-  std::memcpy(p, &h, sizeof h);
-}
 
 PYPRUNE_INLINE float hsum(Vec16 v) {
   const Vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
@@ -180,6 +81,54 @@ PYPRUNE_INLINE float softmax_numerators(float* __restrict s, const uint8_t* vali
   return hsum(total);
 }
 
+// Any head size: plain loops (the reference-like path; head sizes that are not a multiple of 16).
+template <typename T>
+PYPRUNE_INLINE void heads_generic(const AttentionOf<T>& p, int64_t first, int64_t last, float* scratch) {
+  const int64_t D = p.head_dim, K = p.keys, KP = padded(K);
+  float* kt = scratch;           // (D, KP): kt[d * KP + j] = k[j][d]
+  float* vf = kt + D * KP;       // (K, D)
+  float* s = vf + K * D;         // (KP) scores, then weights
+  float* qf = s + KP;            // (D) the query row, scaled
+  float* acc = qf + D;           // (D)
+  for (int64_t pair = first; pair < last; ++pair) {
+    const int64_t b = pair / p.heads, h = pair % p.heads;
+    const T* kb = p.k + b * p.k_batch + h * p.k_head;
+    const T* vb = p.v + b * p.v_batch + h * p.v_head;
+    for (int64_t j = 0; j < K; ++j)
+      for (int64_t d = 0; d < D; ++d) kt[d * KP + j] = to_float(kb[j * p.k_row + d]);
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t j = K; j < KP; ++j) kt[d * KP + j] = 0.f;
+    for (int64_t j = 0; j < K; ++j)
+      for (int64_t d = 0; d < D; ++d) vf[j * D + d] = to_float(vb[j * p.v_row + d]);
+    const uint8_t* valid = p.key_valid != nullptr ? p.key_valid + b * p.valid_batch : nullptr;
+    for (int64_t i = 0; i < p.queries; ++i) {
+      T* out = p.out + ((b * p.queries + i) * p.heads + h) * D;
+      const T* qrow = p.q + b * p.q_batch + h * p.q_head + i * p.q_row;
+      for (int64_t d = 0; d < D; ++d) qf[d] = to_float(qrow[d]) * p.scale;
+      for (int64_t j = 0; j < KP; ++j) s[j] = 0.f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float qd = qf[d];
+        const float* krow = kt + d * KP;
+        for (int64_t j = 0; j < KP; ++j) s[j] += qd * krow[j];
+      }
+      const int64_t seen = i < p.prefix ? p.prefix : K;  // keys this row sees: [0, seen) where valid
+      const float total = softmax_numerators(s, valid, seen, KP);
+      for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
+      if (total != 0.f) {
+        for (int64_t j = 0; j < seen; ++j) {
+          const float w = s[j];
+          if (w == 0.f) continue;  // masked (or negligible) keys cost nothing
+          const float* vrow = vf + j * D;
+          for (int64_t d = 0; d < D; ++d) acc[d] += w * vrow[d];
+        }
+        const float inv = 1.f / total;
+        for (int64_t d = 0; d < D; ++d) acc[d] *= inv;
+      }
+      for (int64_t d = 0; d < D; ++d) store1(out + d, acc[d]);
+    }
+  }
+}
+
 // Head sizes that are a multiple of 16 (DV vectors of 16 features; 0: read from p at run time).
 template <int DV, typename T>
 PYPRUNE_INLINE void heads_vector(const AttentionOf<T>& p, int64_t first, int64_t last, float* scratch) {
@@ -197,7 +146,7 @@ PYPRUNE_INLINE void heads_vector(const AttentionOf<T>& p, int64_t first, int64_t
     const bool transposed = p.queries >= kRows;
     if (transposed) {
       for (int64_t j = 0; j < K; ++j)
-        for (int64_t d = 0; d < D; ++d) kt[d * KP + j] = widen(kb[j * p.k_row + d]);
+        for (int64_t d = 0; d < D; ++d) kt[d * KP + j] = to_float(kb[j * p.k_row + d]);
       for (int64_t d = 0; d < D; ++d)
         for (int64_t j = K; j < KP; ++j) kt[d * KP + j] = 0.f;
     }
@@ -214,7 +163,7 @@ PYPRUNE_INLINE void heads_vector(const AttentionOf<T>& p, int64_t first, int64_t
       const int64_t rows = std::min<int64_t>(kRows, p.queries - i0);
       for (int64_t r = 0; r < rows; ++r) {
         const T* qrow = p.q + b * p.q_batch + h * p.q_head + (i0 + r) * p.q_row;
-        for (int64_t d = 0; d < D; ++d) qf[r * D + d] = widen(qrow[d]) * p.scale;
+        for (int64_t d = 0; d < D; ++d) qf[r * D + d] = to_float(qrow[d]) * p.scale;
       }
       if (transposed && rows == kRows) {
         scores_transposed<kRows>(qf, kt, D, KP, s);

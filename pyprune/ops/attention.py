@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from pyprune import backends
-from pyprune._validation import fail
+from pyprune._validation import check_attention_inputs, fail
 
 from . import attention_reference
 from ._registry import define
@@ -67,14 +67,7 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor
     Returns:
         (B, Q, H * D) in q's dtype; rows that see no key are zero.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor) or t.dim() != 4 or not t.dtype.is_floating_point:
-            fail(name, "a floating-point tensor of shape (B, H, L, D)",
-                 tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__)
-    B, H, Q, D = q.shape
-    K = k.shape[2]
-    if k.shape != (B, H, K, D) or v.shape != k.shape:
-        fail("k/v", f"shape (B={B}, H={H}, K, D={D}) for both", f"{tuple(k.shape)} and {tuple(v.shape)}")
+    B, H, Q, K, D = check_attention_inputs(q, k, v)
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype or t.device != q.device:
             fail(name, f"a {q.dtype} tensor on {q.device} like q", f"{t.dtype} on {t.device}")

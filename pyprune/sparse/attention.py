@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pyprune._validation import fail
+from pyprune._validation import check_attention_inputs, fail
 
 from .layout import BLOCK, _live_first
 from ._routing import triton_or_reference
@@ -131,13 +131,7 @@ def block_masked_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: Tensor,
     Returns:
         (B, H, Lq, D); rows whose query block has no live key block are zero.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor) or t.dim() != 4 or not t.dtype.is_floating_point:
-            fail(name, "a floating-point tensor of shape (B, H, L, D)", getattr(t, "shape", type(t).__name__))
-    B, H, Lq, D = q.shape
-    Lk = k.shape[2]
-    if k.shape != (B, H, Lk, D) or v.shape != k.shape:
-        fail("k/v", f"shape (B={B}, H={H}, Lk, D={D}) for both", f"{tuple(k.shape)} and {tuple(v.shape)}")
+    B, H, Lq, Lk, D = check_attention_inputs(q, k, v)
     if Lq % BLOCK or Lk % BLOCK:
         fail("q/k", f"sequence lengths that are multiples of {BLOCK} (pad them)", f"Lq={Lq}, Lk={Lk}")
     for name, t in (("k", k), ("v", v), ("block_mask", block_mask)):
