@@ -11,7 +11,11 @@ T = TypeVar("T")
 
 def derived(owner: object, name: str, tensors: Sequence[Tensor], make: Callable[[], T]) -> T:
     """``make()``, kept in ``owner.__dict__[name]`` (outside any state_dict) until one of `tensors` is
-    replaced, moved or changed in place (keyed on their storage pointers and version counters)."""
+    replaced, moved or changed in place (keyed on their storage pointers and version counters). Inference
+    tensors (made under ``torch.inference_mode``) keep no version counter: with any of them among `tensors`
+    nothing is kept and every call makes the value afresh."""
+    if any(t.is_inference() for t in tensors):
+        return make()
     key = tuple((t.data_ptr(), t._version) for t in tensors)
     cached = owner.__dict__.get(name)
     if cached is None or cached[0] != key:

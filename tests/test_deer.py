@@ -538,6 +538,27 @@ def test_autoregressive_baseline_cache_matches_full_recompute(tokenizer):
 
 
 @pytest.mark.skipif(not packed_usable(torch.device("cpu"), torch.float32), reason="the cpp extension is not built")
+def test_generate_under_inference_mode(tokenizer):
+    # The first call builds and keeps the sub-networks inside the caller's inference mode: they must be
+    # ordinary tensors (cached values key on version counters, which inference tensors lack) and decode alike.
+    deer = make(tokenizer)
+    sources = ["a b c", "d e"]
+    with torch.inference_mode():
+        inside = [deer.generate(sources, keep=keep, max_iter=1, packed=packed)
+                  for keep in (1.0, 0.5) for packed in (False, True)]
+    assert not any(p.is_inference() for p in deer.sub_network(0.5, packed=True).parameters())
+    assert inside == [deer.generate(sources, keep=keep, max_iter=1, packed=packed)
+                      for keep in (1.0, 0.5) for packed in (False, True)]
+    # A model made inside inference mode by the user: its cached values are made afresh on every call.
+    with torch.inference_mode():
+        model = copy.deepcopy(deer.model).eval()
+        words = model.encoder.embeddings.word_embeddings.weight
+        first = model.output_matrix()
+        assert words.is_inference() and model.output_matrix() is not first
+        words[model.out_to_token[1:]] += 1.0
+        torch.testing.assert_close(model.output_matrix()[1:], first[1:] + 1.0)
+
+
 def test_packed_inference_copies_compute_what_the_models_compute(tokenizer):
     deer = make(tokenizer)
     c = deer.model.config

@@ -107,6 +107,7 @@ class Deer:
         """Forget compacted sub-networks (call after the weights or scores change)."""
         self._subnetworks = {}
 
+    @torch.inference_mode(False)    # the cached copies outlive a caller's inference mode: ordinary tensors
     def sub_network(self, keep: float = 1.0, dtype: Optional[torch.dtype] = None, packed: bool = False) -> DeerModel:
         """The model at keep ratio `keep`, compacted, in eval mode (cached until ``clear_cache``); `dtype`: a
         copy in that floating-point type for inference (e.g. ``torch.bfloat16``; the model itself is not cast);

@@ -94,10 +94,12 @@ def pack_for_inference(model: nn.Module) -> int:
     return count
 
 
+@torch.inference_mode(False)
 def inference_copy(model: nn.Module, dtype: Optional[torch.dtype] = None, packed: bool = True) -> nn.Module:
     """A copy of `model` (a ``DeerModel`` or the autoregressive baseline) for decoding, in eval mode: cast to
     `dtype` (None: its own) and, with `packed`, on the packed-blocks kernel where it runs
-    (``pack_for_inference``; ``output_layer`` is set when it did)."""
+    (``pack_for_inference``; ``output_layer`` is set when it did). Made of ordinary tensors even when called
+    under ``torch.inference_mode`` (the copy is kept and used outside it too)."""
     model = copy.deepcopy(model).to(dtype)
     if packed:
         pack_for_inference(model)
