@@ -17,7 +17,7 @@ from pyprune.deer.baseline import AutoregressiveBaseline, train_baseline
 from pyprune.deer.generate import fill_words, generate_ids, pad_rows
 from pyprune.deer.losses import (PENALTY_GRID, content, ctc_draft_tokens, glance, length_matching_penalty,
                                  random_deletion)
-from pyprune.deer.model import pack_for_inference
+from pyprune.deer.model import _kv, _layer, pack_for_inference
 from pyprune.deer.train import TrainConfig, encode_pairs, set_dropout, target_vocabulary, train
 from pyprune.nn import BlockSparseLinear
 from pyprune.ops import apply_ins_words, attention, get_ins_targets
@@ -76,6 +76,26 @@ def test_cached_source_decoding_equals_the_joint_pass(tokenizer):
     wider = torch.nn.functional.pad(sources, (0, 3))
     torch.testing.assert_close(model.decode_target(model.encode_source(wider), targets)[valid], cached[valid],
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_layers_compute_what_the_backbone_computes(tokenizer, training):
+    # DEER runs the backbone's layers through its own _layer (cached keys and values, the attention kernel,
+    # no module calls for the output blocks): over the source alone it must give the backbone's states.
+    deer = make(tokenizer, prune=False)
+    model = deer.model.train(training)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    sources, _ = batch(deer)
+    valid = sources.ne(0)
+    expected = model.encoder(input_ids=sources, attention_mask=valid.long(),
+                             token_type_ids=torch.zeros_like(sources)).last_hidden_state
+    with torch.set_grad_enabled(training):
+        h = model._embed(sources, 0)
+        for layer in model.encoder.encoder.layer:
+            h = _layer(layer, h, *_kv(layer, h), valid[:, None, None, :])
+    torch.testing.assert_close(h[valid], expected[valid], atol=1e-5, rtol=1e-5)
 
 
 def test_one_pass_over_source_and_target_equals_two(tokenizer):
@@ -575,6 +595,10 @@ def test_packed_inference_copies_compute_what_the_models_compute(tokenizer):
                 m.outputs = [m.vocab_logits(h), states, m.deletion_logits(states), m.placeholder_logits(states)]
         for got, expected in zip(packed.outputs, plain.outputs):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        # The compacted FFN widths were padded with zero neurons to whole blocks, at no cost to the outputs.
+        widths = [(p.intermediate.dense.out_features, q.intermediate.dense.out_features)
+                  for p, q in zip(plain.encoder.encoder.layer, packed.encoder.encoder.layer)]
+        assert all(w == -(-v // 32) * 32 for v, w in widths) and (keep == 1.0 or any(v != w for v, w in widths))
         with pytest.raises(ValueError, match="input"):                 # an inference copy: no training
             packed.vocab_logits(torch.randn(1, 2, 64, requires_grad=True))
         # Its own parameters need no gradient, so it decodes outside no_grad too.

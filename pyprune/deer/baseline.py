@@ -61,9 +61,13 @@ class _Block(nn.Module):
             if self_kv:
                 k, v = torch.cat([self_kv[0], k], 2), torch.cat([self_kv[1], v], 2)
             self_kv[:] = [k, v]
-        x = x + self.dropout(self.self_attn(h, k, v, causal=self_kv is None))
-        x = x + self.dropout(self.cross_attn(self.norms[1](x), *memory_kv, mask=memory_mask))
-        return x + self.dropout(self.ffn(self.norms[2](x)))
+        x = x + self._drop(self.self_attn(h, k, v, causal=self_kv is None))
+        x = x + self._drop(self.cross_attn(self.norms[1](x), *memory_kv, mask=memory_mask))
+        return x + self._drop(self.ffn(self.norms[2](x)))
+
+    def _drop(self, x: Tensor) -> Tensor:
+        # Outside training no dropout module call (DEER's layers skip theirs alike).
+        return self.dropout(x) if self.training else x
 
 
 class AutoregressiveBaseline(nn.Module):

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .._memo import unless_recorded
 from .._validation import fail
 from ..nn.packed import PackedLinear, pack_linears
+from ..sparse.linear import packed_usable
 from ..ops import attention
 
 BACKBONES = ("bert", "roberta", "xlm-roberta")
@@ -85,6 +86,7 @@ def pack_for_inference(model: nn.Module) -> int:
     for example on a GPU or in float16, and nothing changed). The model then only decodes: packed layers
     do not train, and its other parameters stop requiring gradients, so that decoding outside
     ``torch.no_grad()`` does not hand the packed layers inputs that do."""
+    _pad_ffn_widths(model)
     count = pack_linears(model)
     if count:
         with torch.no_grad():
@@ -92,6 +94,33 @@ def pack_for_inference(model: nn.Module) -> int:
         model.requires_grad_(False)
         count += 1
     return count
+
+
+def _pad_ffn_widths(model: nn.Module) -> None:
+    """Give every BERT-family FFN (``intermediate.dense`` then ``output.dense``, plain linears) whose width
+    is not a multiple of 32 (a compacted sub-network's) zero neurons up to the next multiple: exact (a zero
+    neuron's activation meets zero weights), and the packed layers then need no padding and slicing per
+    call. Only where the packed kernel runs (the model is otherwise left as it is)."""
+    for m in model.modules():
+        first = getattr(getattr(m, "intermediate", None), "dense", None)
+        second = getattr(getattr(m, "output", None), "dense", None)
+        if (type(first) is not nn.Linear or type(second) is not nn.Linear
+                or not packed_usable(first.weight.device, first.weight.dtype)):
+            continue
+        width = first.out_features
+        extra = -width % 32
+        if extra == 0 or second.in_features != width:
+            continue
+        with torch.no_grad():
+            wider = nn.Linear(first.in_features, width + extra, first.bias is not None).to(first.weight)
+            wider.weight.copy_(F.pad(first.weight, (0, 0, 0, extra)))
+            if first.bias is not None:
+                wider.bias.copy_(F.pad(first.bias, (0, extra)))
+            reader = nn.Linear(width + extra, second.out_features, second.bias is not None).to(second.weight)
+            reader.weight.copy_(F.pad(second.weight, (0, extra)))
+            if second.bias is not None:
+                reader.bias.copy_(second.bias)
+        m.intermediate.dense, m.output.dense = wider, reader
 
 
 @torch.inference_mode(False)
@@ -134,8 +163,19 @@ def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tens
         else:
             ctx = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p)
         ctx = ctx.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
-    a = layer.attention.output(ctx, h)
-    return layer.output(layer.intermediate(a), a)
+    a = _residual_norm(layer.attention.output, ctx, h)
+    ffn = layer.intermediate
+    return _residual_norm(layer.output, ffn.intermediate_act_fn(ffn.dense(a)), a)
+
+
+def _residual_norm(block: nn.Module, x: Tensor, residual: Tensor) -> Tensor:
+    """What a BERT-family ``SelfOutput``/``Output`` block computes (dense, dropout, LayerNorm of the sum with
+    the residual), without its module call and, outside training, without the dropout's: at decoding's few
+    rows the calls cost about as much as the arithmetic."""
+    x = block.dense(x)
+    if block.training:
+        x = block.dropout(x)
+    return block.LayerNorm(x + residual)
 
 
 def _kv(layer: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
