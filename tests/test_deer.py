@@ -19,7 +19,7 @@ from pyprune.deer.losses import (PENALTY_GRID, content, ctc_draft_tokens, glance
                                  random_deletion)
 from pyprune.deer.model import _kv, _layer, pack_for_inference
 from pyprune.deer.train import TrainConfig, encode_pairs, set_dropout, target_vocabulary, train
-from pyprune.nn import BlockSparseLinear
+from pyprune.nn import BlockSparseLinear, PackedLinear
 from pyprune.ops import apply_ins_words, attention, get_ins_targets
 from pyprune.sparse.linear import packed_usable
 
@@ -599,6 +599,9 @@ def test_packed_inference_copies_compute_what_the_models_compute(tokenizer):
         widths = [(p.intermediate.dense.out_features, q.intermediate.dense.out_features)
                   for p, q in zip(plain.encoder.encoder.layer, packed.encoder.encoder.layer)]
         assert all(w == -(-v // 32) * 32 for v, w in widths) and (keep == 1.0 or any(v != w for v, w in widths))
+        # Each layer's GELU and the vocabulary transform's run in the packed kernel's epilogue.
+        fused = [m for m in packed.modules() if isinstance(m, PackedLinear) and m.activation == "gelu"]
+        assert len(fused) == len(widths) + 1 and fused[-1] is packed.transform[0]
         with pytest.raises(ValueError, match="input"):                 # an inference copy: no training
             packed.vocab_logits(torch.randn(1, 2, 64, requires_grad=True))
         # Its own parameters need no gradient, so it decodes outside no_grad too.
@@ -612,6 +615,7 @@ def test_packed_inference_copies_compute_what_the_models_compute(tokenizer):
                                       deer.model.restricted_vocab(), c.pad_id, c.bos_id, c.eos_id, layers=2).eval()
     packed_baseline = copy.deepcopy(baseline)
     assert pack_for_inference(packed_baseline) == 2 * 10 + 6 * 2 + 1     # decoder, encoder, output layer
+    assert sum(isinstance(m, PackedLinear) and m.activation == "gelu" for m in packed_baseline.modules()) == 2 + 2
     with torch.no_grad():
         torch.testing.assert_close(packed_baseline(sources, targets), baseline(sources, targets), rtol=1e-5, atol=1e-5)
 

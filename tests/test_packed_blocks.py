@@ -60,6 +60,24 @@ def test_bfloat16_sums_in_float32_and_rounds_once(backend, kind, tokens, with_bi
     assert_bfloat16_close(y, _exact(x, weight, mask, bias))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 7, 9, 17])
+def test_gelu_epilogue_is_torchs_exact_gelu(backend, dtype, tokens):
+    mask = _mask(4, 5, "random")
+    weight, x, bias = (t.to(dtype) for t in (torch.randn(128, 160), torch.randn(tokens, 160), torch.randn(128)))
+    y = packed_block_linear(x, pack_blocks(weight, mask), bias, activation="gelu")
+    before = _exact(x, weight, mask, bias)
+    exact = F.gelu(before)
+    if dtype == torch.bfloat16:
+        # The reference rounds the linear output, then the GELU's (the kernel rounds once:
+        # test_every_isa_variant_matches): GELU's slope is below 1.13.
+        assert bool(((y.double() - exact).abs() <= 2.0 ** -8 * (exact.abs() + 1.13 * before.abs()) + 1e-4).all())
+    else:
+        torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-4)
+    # Not the tanh approximation: the two differ by up to 1e-3 around |x| = 2.
+    assert (exact - F.gelu(_exact(x, weight, mask, bias), approximate="tanh")).abs().max() > 1e-4
+
+
 def test_packing_round_trip_and_layout():
     mask = _mask(4, 5, "random")
     weight = torch.randn(128, 160) * expand_mask(mask)
@@ -116,9 +134,11 @@ def test_every_isa_variant_matches(isa):
         "    w = torch.randn(160, 192).to(dtype); b = torch.randn(160).to(dtype); p = pack_blocks(w, mask)\n"
         "    for m in (1, 3, 4, 5, 8, 9, 13):\n"
         "        x = torch.randn(m, 192).to(dtype)\n"
-        "        y = torch.ops.pyprune_C.bsr_linear(x, p.blocks, p.row_ptr, p.col_index, b)\n"
-        "        exact = x.double() @ (w.double() * expand_mask(mask)).T + b.double()\n"
-        "        assert y.dtype == dtype and bool(((y.double() - exact).abs() <= slack * exact.abs() + 1e-4).all()), m\n"
+        "        for act in ('none', 'gelu'):\n"
+        "            y = torch.ops.pyprune_C.bsr_linear(x, p.blocks, p.row_ptr, p.col_index, b, act)\n"
+        "            exact = x.double() @ (w.double() * expand_mask(mask)).T + b.double()\n"
+        "            exact = torch.nn.functional.gelu(exact) if act == 'gelu' else exact\n"
+        "            assert y.dtype == dtype and bool(((y.double() - exact).abs() <= slack * exact.abs() + 1e-4).all()), m\n"
         "print('ok')\n")
     assert_prints_ok(script, PYPRUNE_CPU_ISA=isa)
 
@@ -129,6 +149,9 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.pyprune.packed_block_linear.default,
                           (torch.randn(5, 128), packed.blocks, packed.row_ptr, packed.col_index, torch.randn(96)),
                           test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.pyprune.packed_block_linear.default,
+                          (torch.randn(5, 128), packed.blocks, packed.row_ptr, packed.col_index, None, "gelu"),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("call,name", [
@@ -136,6 +159,7 @@ def test_opcheck():
     (lambda p: packed_block_linear(torch.randn(3, 128, dtype=torch.float64), p), "x"),
     (lambda p: packed_block_linear(torch.randn(3, 128, requires_grad=True), p), "x"),
     (lambda p: packed_block_linear(torch.randn(3, 128), p, torch.randn(95)), "bias"),
+    (lambda p: packed_block_linear(torch.randn(3, 128), p, activation="relu"), "activation"),
     (lambda p: pack_blocks(torch.randn(96, 100), torch.ones(3, 4, dtype=torch.bool)), "weight"),
     (lambda p: pack_blocks(torch.randn(96, 128), torch.ones(3, 3, dtype=torch.bool)), "block_mask"),
     (lambda p: pack_blocks(torch.randn(96, 128), torch.ones(3, 4)), "block_mask"),

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyprune
-from pyprune.nn import BlockSparseLinear, PackedLinear, pack_linears
+import transformers
+from pyprune.nn import BlockSparseLinear, PackedLinear, fuse_gelu, pack_linears
 from pyprune.sparse.linear import packed_usable
 
 from helpers import assert_bfloat16_close
@@ -137,3 +138,38 @@ def test_pack_linears_changes_nothing_where_the_kernel_cannot_run():
         assert pack_linears(model) == 0
     assert type(model[0]) is nn.Linear
     assert pack_linears(nn.Sequential(nn.Linear(32, 32).double())) == 0
+
+
+class _Intermediate(nn.Module):
+    """Shaped like a BERT-family intermediate block: dense, then the activation as an attribute."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.dense, self.intermediate_act_fn = nn.Linear(64, 96), act
+
+    def forward(self, x):
+        return self.intermediate_act_fn(self.dense(x))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fuse_gelu_moves_exact_gelus_into_the_kernel(dtype):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(approximate="tanh"),
+                          _Intermediate(transformers.activations.GELUActivation()), nn.Linear(96, 64), nn.GELU(),
+                          _Intermediate(nn.ReLU())).to(dtype).eval()
+    x = torch.randn(7, 64, dtype=dtype)
+    with torch.no_grad():
+        expected = model(x)
+        pack_linears(model)
+        unfused = model(x)
+        assert fuse_gelu(model) == 3                  # the tanh approximation and the ReLU stay where they are
+        got = model(x)
+    assert [m.activation for m in model.modules() if isinstance(m, PackedLinear)] == \
+        ["gelu", "none", "gelu", "gelu", "none"]
+    assert type(model[1]) is nn.Identity and type(model[3]) is nn.GELU and type(model[6]) is nn.Identity
+    assert type(model[4].intermediate_act_fn) is nn.Identity and type(model[7].intermediate_act_fn) is nn.ReLU
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got, unfused, **tolerance)
+    torch.testing.assert_close(got, expected, **tolerance)
+    assert fuse_gelu(model) == 0                      # nothing left to fuse

@@ -16,7 +16,8 @@ void check_index(const at::Tensor& t, const char* name) {
 }
 
 at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at::Tensor& row_ptr,
-                     const at::Tensor& col_index, const c10::optional<at::Tensor>& bias) {
+                     const at::Tensor& col_index, const c10::optional<at::Tensor>& bias,
+                     c10::string_view activation_name) {
   TORCH_CHECK(x_in.device().is_cpu() && (x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16) &&
                   x_in.dim() == 2,
               "pyprune_C.bsr_linear: x must be a 2-D float32 or bfloat16 CPU tensor");
@@ -45,12 +46,15 @@ at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at:
                     bias->numel() == out_features && bias->is_contiguous(),
                 "pyprune_C.bsr_linear: bias must be a contiguous CPU tensor of out_features in x's dtype");
   }
+  TORCH_CHECK(activation_name == "none" || activation_name == "gelu",
+              "pyprune_C.bsr_linear: activation must be 'none' or 'gelu'");
+  const Activation activation = activation_name == "gelu" ? Activation::kGelu : Activation::kNone;
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   if (x.size(0) == 0 || out_features == 0) return y;
   if (dtype == at::kFloat) {
     const Problem p{x.data_ptr<float>(), x.size(0), x.stride(0), blocks.data_ptr<float>(), rp, ci, block_rows,
-                    bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), y.stride(0)};
+                    bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), y.stride(0), activation};
     at::parallel_for(0, block_rows, 1, [&](int64_t first, int64_t last) { linear_rows(p, first, last); });
     return y;
   }
@@ -58,7 +62,7 @@ at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at:
   auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
   const ProblemBf16 p{bits(x), x.size(0), x.stride(0), bits(blocks), rp, ci, block_rows,
                       bias ? bits(*bias) : nullptr, reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()),
-                      y.stride(0)};
+                      y.stride(0), activation};
   at::parallel_for(0, block_rows, 1, [&](int64_t first, int64_t last) { linear_rows_bf16(p, first, last); });
   return y;
 }

@@ -56,7 +56,10 @@ TORCH_LIBRARY(pyprune_C, m) {
   m.def("lev_edit_path(Tensor in_tokens, Tensor out_tokens, int padding_idx) -> (Tensor, Tensor)");
 
   // Inference only (no autograd): y = x W^T + bias, W as its packed live 32x32 blocks.
-  m.def("bsr_linear(Tensor x, Tensor blocks, Tensor row_ptr, Tensor col_index, Tensor? bias) -> Tensor");
+  // activation: "none" or "gelu" (exact erf GELU applied to each output in float32).
+  m.def(
+      "bsr_linear(Tensor x, Tensor blocks, Tensor row_ptr, Tensor col_index, Tensor? bias, "
+      "str activation=\"none\") -> Tensor");
 
   // Inference only: decoding's attention with a key-padding mask and a prefix rule (query rows < prefix see
   // keys < prefix only); the output has the heads merged, (batch, queries, heads * head_dim).

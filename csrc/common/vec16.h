@@ -46,6 +46,47 @@ PYPRUNE_INLINE void store16(uint16_t* p, Vec16 v) {
   std::memcpy(p, &h, sizeof h);
 }
 
+PYPRUNE_INLINE Vec16 splat16(float v) { return Vec16{} + v; }
+
+// fast_exp (fast_math.h) on 16 lanes: the same steps in vector arithmetic (0 below -87, NaN propagates).
+PYPRUNE_INLINE Vec16 exp16(Vec16 x) {
+  const Vec16 low = splat16(-87.0f), high = splat16(88.8f);
+  Vec16 xc = x < low ? low : x;
+  xc = xc > high ? high : xc;
+  const Vec16 shifted = xc * 1.44269504088896341f + 12582912.0f;   // rounds n = x / ln2 to an integer
+  const Vec16 n = shifted - 12582912.0f;
+  const Vec16 r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  Vec16 p = splat16(1.0f / 720.0f);
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  // 2^n from the low mantissa bits of `shifted` (0x4b400000: the bits of 1.5 * 2^23); vector casts
+  // reinterpret the bits.
+  const Vec16 scale = (Vec16)((((U32x16)shifted) - 0x4b400000u + 127u) << 23);
+  return x < low ? Vec16{} : p * scale;
+}
+
+// GELU with the exact erf (torch's default, approximate="none") on 16 lanes: 0.5 x (1 + erf(x / sqrt 2)).
+// erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7): for a = |z|, t = 1 / (1 + p a),
+// erfc(a) = t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-a^2); 1 + erf(z) is erfc(a) for z < 0 (the small
+// outputs of negative x keep their precision) and 2 - erfc(a) otherwise. Absolute error below 1e-7 |x|
+// plus rounding; +inf stays +inf, -inf gives NaN (as torch's), NaN propagates.
+PYPRUNE_INLINE Vec16 gelu16(Vec16 x) {
+  const Vec16 z = x * 0.70710678118654752f;
+  const Vec16 a = (Vec16)(((U32x16)z) & 0x7fffffffu);
+  const Vec16 t = 1.0f / (1.0f + 0.3275911f * a);
+  Vec16 p = splat16(1.061405429f);
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const Vec16 erfc_a = p * t * exp16(-(a * a));
+  return 0.5f * x * (z < 0.0f ? erfc_a : 2.0f - erfc_a);
+}
+
 // One element either way.
 PYPRUNE_INLINE float to_float(float v) { return v; }
 PYPRUNE_INLINE float to_float(uint16_t h) { return bf16_to_float(h); }

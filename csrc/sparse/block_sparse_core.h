@@ -19,6 +19,9 @@ namespace bsr {
 
 constexpr int64_t kBlock = 32;
 
+// What is applied to each output (bias included) before it is stored.
+enum class Activation : int { kNone = 0, kGelu = 1 };
+
 // The dimensions of one call; pointers are not owned. `T` is float, or
 // uint16_t holding bfloat16 bit patterns (the same layout, half the bytes).
 template <typename T>
@@ -33,6 +36,7 @@ struct ProblemOf {
   const T* bias;            // (out_features) or nullptr
   T* y;                     // (rows, out_features), row stride ldy
   int64_t ldy;
+  Activation activation;    // kGelu: y = gelu(x W^T + bias) (fast_math.h's erf, in float32)
 };
 
 using Problem = ProblemOf<float>;

@@ -33,6 +33,17 @@ namespace pyprune {
 namespace bsr {
 namespace {
 
+// The finished float32 outputs of one tile, activated in place (before the one rounding to bfloat16).
+template <int Tile>
+PYPRUNE_INLINE void activate(Activation activation, Vec16 (&out)[Tile][2]) {
+  if (activation != Activation::kGelu) return;
+#pragma GCC unroll 16
+  for (int m = 0; m < Tile; ++m) {
+    out[m][0] = gelu16(out[m][0]);
+    out[m][1] = gelu16(out[m][1]);
+  }
+}
+
 // Outputs of block row r for token rows [m0, m0 + Tile).
 template <int Tile, typename T>
 PYPRUNE_INLINE void tile(const ProblemOf<T>& p, int64_t r, int64_t m0) {
@@ -61,6 +72,7 @@ PYPRUNE_INLINE void tile(const ProblemOf<T>& p, int64_t r, int64_t m0) {
       }
     }
   }
+  activate<Tile>(p.activation, acc);
   T* y = p.y + m0 * p.ldy + r * kBlock;
 #pragma GCC unroll 16
   for (int m = 0; m < Tile; ++m) {
@@ -122,11 +134,18 @@ PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void tile_dot(const ProblemBf16& p, int
     low = load16(p.bias + r * kBlock);
     high = load16(p.bias + r * kBlock + 16);
   }
+  Vec16 out[Tile][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < Tile; ++m) {
+    out[m][0] = (Vec16)_mm512_permutex2var_ps(acc[m][0], first, acc[m][1]) + low;
+    out[m][1] = (Vec16)_mm512_permutex2var_ps(acc[m][0], second, acc[m][1]) + high;
+  }
+  activate<Tile>(p.activation, out);
   uint16_t* y = p.y + m0 * p.ldy + r * kBlock;
 #pragma GCC unroll 16
   for (int m = 0; m < Tile; ++m) {
-    store16(y + m * p.ldy, (Vec16)_mm512_permutex2var_ps(acc[m][0], first, acc[m][1]) + low);
-    store16(y + m * p.ldy + 16, (Vec16)_mm512_permutex2var_ps(acc[m][0], second, acc[m][1]) + high);
+    store16(y + m * p.ldy, out[m][0]);
+    store16(y + m * p.ldy + 16, out[m][1]);
   }
 }
 

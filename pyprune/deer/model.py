@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .._memo import unless_recorded
 from .._validation import fail
-from ..nn.packed import PackedLinear, pack_linears
+from ..nn.packed import PackedLinear, fuse_gelu, pack_linears
 from ..sparse.linear import packed_usable
 from ..ops import attention
 
@@ -82,13 +82,14 @@ class SourceCache:
 def pack_for_inference(model: nn.Module) -> int:
     """Swap, in place, the linear layers of `model` (a ``DeerModel`` or the autoregressive baseline) and its
     output projection (``output_matrix()``, ``output_bias``) for ``PackedLinear`` ones, which run on the
-    packed-blocks CPU kernel; returns how many were swapped (0: the kernel cannot run this model's weights,
+    packed-blocks CPU kernel, with the GELUs that follow them in their epilogue (``fuse_gelu``); returns how many were swapped (0: the kernel cannot run this model's weights,
     for example on a GPU or in float16, and nothing changed). The model then only decodes: packed layers
     do not train, and its other parameters stop requiring gradients, so that decoding outside
     ``torch.no_grad()`` does not hand the packed layers inputs that do."""
     _pad_ffn_widths(model)
     count = pack_linears(model)
     if count:
+        fuse_gelu(model)
         with torch.no_grad():
             model.output_layer = PackedLinear(model.output_matrix(), model.output_bias)
         model.requires_grad_(False)
@@ -165,7 +166,10 @@ def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tens
         ctx = ctx.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
     a = _residual_norm(layer.attention.output, ctx, h)
     ffn = layer.intermediate
-    return _residual_norm(layer.output, ffn.intermediate_act_fn(ffn.dense(a)), a)
+    x = ffn.dense(a)
+    if type(ffn.intermediate_act_fn) is not nn.Identity:     # (packed: the GELU is in the dense layer)
+        x = ffn.intermediate_act_fn(x)
+    return _residual_norm(layer.output, x, a)
 
 
 def _residual_norm(block: nn.Module, x: Tensor, residual: Tensor) -> Tensor:

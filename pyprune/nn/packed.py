@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .._validation import fail
 from ..sparse.layout import BLOCK, nonzero_blocks
 from ..sparse.linear import packed_usable
-from ..sparse.packed import PackedBlocks, pack_blocks, packed_block_linear
+from ..sparse.packed import PackedBlocks, check_activation, pack_blocks, packed_block_linear
 from .sparse import BlockSparseLinear
 
 
@@ -31,15 +31,17 @@ def _round_up(n: int) -> int:
 
 
 class PackedLinear(nn.Module):
-    """``x W^T + b`` for inference from a weight's nonzero 32x32 blocks (zero-padded to whole blocks).
+    """``x W^T + b`` for inference from a weight's nonzero 32x32 blocks (zero-padded to whole blocks), then
+    `activation` ("none" or "gelu": torch's exact GELU on every output, in the kernel's epilogue).
 
     Build it with ``PackedLinear(weight, bias)`` or ``PackedLinear.from_linear(linear)``; the packed
     blocks are buffers (they follow ``.to()``), not parameters: nothing here trains, and inputs that
     need a gradient are refused.
     """
 
-    def __init__(self, weight: Tensor, bias: Optional[Tensor] = None) -> None:
+    def __init__(self, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none") -> None:
         super().__init__()
+        self.activation = check_activation(activation)
         if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.is_floating_point():
             fail("weight", "a floating-point (out_features, in_features) tensor",
                  tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__)
@@ -80,7 +82,8 @@ class PackedLinear(nn.Module):
             x = input if input.dim() == 2 else input.reshape(-1, self.in_features)
             if self.in_features % BLOCK:
                 x = F.pad(x, (0, _round_up(self.in_features) - self.in_features))
-            y = torch.ops.pyprune_C.bsr_linear(x, blocks, buffers["row_ptr"], buffers["col_index"], buffers["bias"])
+            y = torch.ops.pyprune_C.bsr_linear(x, blocks, buffers["row_ptr"], buffers["col_index"], buffers["bias"],
+                                               self.activation)
             if y.shape[1] != self.out_features:
                 y = y[:, :self.out_features]
             return y if input.dim() == 2 else y.reshape(*input.shape[:-1], self.out_features)
@@ -97,13 +100,15 @@ class PackedLinear(nn.Module):
         K = _round_up(self.in_features)
         if K != self.in_features:
             input = F.pad(input, (0, K - self.in_features))
-        y = packed_block_linear(input, PackedBlocks(self.blocks, self.row_ptr, self.col_index, K), self.bias)
+        y = packed_block_linear(input, PackedBlocks(self.blocks, self.row_ptr, self.col_index, K), self.bias,
+                                self.activation)
         return y if y.shape[-1] == self.out_features else y[..., :self.out_features]
 
     def extra_repr(self) -> str:
         total = _round_up(self.out_features) * _round_up(self.in_features) // (BLOCK * BLOCK)
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, live_blocks={self.live_blocks}/{total}")
+                f"bias={self.bias is not None}, live_blocks={self.live_blocks}/{total}"
+                + ("" if self.activation == "none" else f", activation={self.activation}"))
 
 
 def pack_linears(module: nn.Module) -> int:
@@ -121,4 +126,37 @@ def pack_linears(module: nn.Module) -> int:
             count += 1
         else:
             count += pack_linears(child)
+    return count
+
+
+def _is_gelu(module) -> bool:
+    """Whether `module` computes torch's exact GELU (``nn.GELU()``, transformers' "gelu"): checked on values,
+    so that the tanh approximation and other activations are never taken for it."""
+    if not isinstance(module, nn.Module) or any(True for _ in module.parameters()):
+        return False
+    probe = torch.linspace(-8.0, 8.0, 161)
+    try:
+        with torch.no_grad():
+            return torch.equal(module(probe), F.gelu(probe))
+    except Exception:                                       # not an elementwise activation
+        return False
+
+
+def fuse_gelu(module: nn.Module) -> int:
+    """Move every exact GELU that directly follows a ``PackedLinear`` into that layer's kernel epilogue, in
+    place: in an ``nn.Sequential`` (linear, GELU, ...) and in a BERT-family intermediate block (``dense`` then
+    ``intermediate_act_fn``); the GELU module becomes ``nn.Identity``. Returns how many were fused."""
+    count = 0
+    for m in module.modules():
+        if isinstance(m, nn.Sequential):
+            pairs = [(m, str(i + 1), m[i]) for i in range(len(m) - 1)]
+        elif hasattr(m, "dense") and hasattr(m, "intermediate_act_fn"):
+            pairs = [(m, "intermediate_act_fn", m.dense)]
+        else:
+            continue
+        for owner, name, linear in pairs:
+            if type(linear) is PackedLinear and linear.activation == "none" and _is_gelu(getattr(owner, name)):
+                linear.activation = "gelu"
+                setattr(owner, name, nn.Identity())
+                count += 1
     return count

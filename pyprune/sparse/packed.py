@@ -60,25 +60,39 @@ def pack_blocks(weight: Tensor, block_mask: Tensor) -> PackedBlocks:
     return PackedBlocks(blocks, row_ptr, col_index, weight.shape[1])
 
 
+# What the kernel can apply to its outputs: "gelu" is torch's exact GELU (approximate="none"), computed in
+# float32 with an erf within 1.5e-7 (csrc/common/fast_math.h) before the one rounding.
+ACTIVATIONS = ("none", "gelu")
+
+
 def _linear(kernels, x: Tensor, blocks: Tensor, row_ptr: Tensor, col_index: Tensor,
-            bias: Optional[Tensor]) -> Tensor:
+            bias: Optional[Tensor], activation: str = "none") -> Tensor:  # (the dispatcher drops defaults)
     if x.dtype in KERNEL_DTYPES and blocks.dtype == x.dtype and (bias is None or bias.dtype == x.dtype):
-        return kernels.bsr_linear(x, blocks, row_ptr, col_index, bias)
-    return packed_reference.bsr_linear(x, blocks, row_ptr, col_index, bias)
+        return kernels.bsr_linear(x, blocks, row_ptr, col_index, bias, activation)
+    return packed_reference.bsr_linear(x, blocks, row_ptr, col_index, bias, activation)
 
 
 define("packed_block_linear",
-       "(Tensor x, Tensor blocks, Tensor row_ptr, Tensor col_index, Tensor? bias) -> Tensor",
+       "(Tensor x, Tensor blocks, Tensor row_ptr, Tensor col_index, Tensor? bias, str activation=\"none\") -> Tensor",
        _linear, packed_reference)
 
 
 @torch.library.register_fake("pyprune::packed_block_linear")
-def _(x, blocks, row_ptr, col_index, bias):
+def _(x, blocks, row_ptr, col_index, bias, activation="none"):
     return x.new_empty(x.shape[0], (row_ptr.shape[0] - 1) * BLOCK)
 
 
-def packed_block_linear(x: Tensor, packed: PackedBlocks, bias: Optional[Tensor] = None) -> Tensor:
-    """``x W^T + bias`` for `x` (..., in_features) with W given as ``pack_blocks`` output; no autograd."""
+def check_activation(activation) -> str:
+    if activation not in ACTIVATIONS:
+        fail("activation", f"one of {ACTIVATIONS}", repr(activation))
+    return activation
+
+
+def packed_block_linear(x: Tensor, packed: PackedBlocks, bias: Optional[Tensor] = None,
+                        activation: str = "none") -> Tensor:
+    """``x W^T + bias`` for `x` (..., in_features) with W given as ``pack_blocks`` output, then `activation`
+    (``ACTIVATIONS``: "gelu" applies torch's exact GELU to every output); no autograd."""
+    check_activation(activation)
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != packed.in_features:
         fail("x", f"a (..., {packed.in_features}) tensor", tuple(x.shape) if isinstance(x, Tensor) else x)
     if not x.is_floating_point() or x.dtype != packed.blocks.dtype:
@@ -89,5 +103,5 @@ def packed_block_linear(x: Tensor, packed: PackedBlocks, bias: Optional[Tensor] 
         fail("x", "tensors that need no gradient (packed_block_linear is for inference; use "
              "block_sparse_linear to train)", "a tensor that requires grad")
     y = torch.ops.pyprune.packed_block_linear(x.reshape(-1, packed.in_features), packed.blocks,
-                                              packed.row_ptr, packed.col_index, bias)
+                                              packed.row_ptr, packed.col_index, bias, activation)
     return y.reshape(*x.shape[:-1], packed.out_features)

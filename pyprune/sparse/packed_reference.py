@@ -20,5 +20,7 @@ def unpack_weight(blocks: Tensor, row_ptr: Tensor, col_index: Tensor, in_feature
     return dense.permute(0, 3, 1, 2).reshape(rows * BLOCK, in_features)    # (r, n, c, k)
 
 
-def bsr_linear(x: Tensor, blocks: Tensor, row_ptr: Tensor, col_index: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return F.linear(x, unpack_weight(blocks, row_ptr, col_index, x.shape[1]), bias)
+def bsr_linear(x: Tensor, blocks: Tensor, row_ptr: Tensor, col_index: Tensor, bias: Optional[Tensor],
+               activation: str = "none") -> Tensor:
+    y = F.linear(x, unpack_weight(blocks, row_ptr, col_index, x.shape[1]), bias)
+    return F.gelu(y) if activation == "gelu" else y
