@@ -17,7 +17,7 @@ from pyprune.deer.baseline import AutoregressiveBaseline, train_baseline
 from pyprune.deer.generate import fill_words, generate_ids, pad_rows
 from pyprune.deer.losses import (PENALTY_GRID, content, ctc_draft_tokens, glance, length_matching_penalty,
                                  random_deletion)
-from pyprune.deer.model import _kv, _layer, pack_for_inference
+from pyprune.deer.model import SourceCache, _kv, _layer, pack_for_inference
 from pyprune.deer.train import TrainConfig, encode_pairs, set_dropout, target_vocabulary, train
 from pyprune.nn import BlockSparseLinear, PackedLinear
 from pyprune.ops import apply_ins_words, attention, get_ins_targets
@@ -319,6 +319,17 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     one = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=2, batch_size=1)
     three = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=2, batch_size=3)
     assert one == three
+    # Eager deletions: rows stop at different iterations, and the later ones run on the remaining rows'
+    # source cache, selected when a row leaves (and only then).
+    selected = []
+    select = SourceCache.select
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SourceCache, "select", lambda self, rows: selected.append(len(rows)) or select(self, rows))
+        eager = dict(max_iter=4, deletion_penalty=-2.0)
+        one = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), batch_size=1, **eager)
+        assert not selected
+        three = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), batch_size=3, **eager)
+    assert one == three and selected and all(0 < n < 3 for n in selected)
     assert deer.generate([], max_iter=1) == []
     # Training kept a blank penalty per keep ratio; generate decodes with it unless given one.
     assert set(deer.blank_penalty) == set(deer.keep_ratios)

@@ -167,12 +167,14 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
         cache, tokens = ctc_draft(model, batch, blank_penalty)
         active = torch.arange(len(index), device=device)
         states = None                                     # of the active rows' tokens, when a pass left them
+        active_cache = cache                              # the source cache of the active rows (rows only leave)
         for _ in range(max_iter):
             current = _trim(tokens[active], c.pad_id)
             if states is not None:
                 states = states[:, :current.shape[1]]
-            edited, states = _edit(model, cache.select(active), current, states, deletion_penalty,
-                                   insertion_penalty)
+            if active_cache.mask.shape[0] != len(active):
+                active_cache = cache.select(active)
+            edited, states = _edit(model, active_cache, current, states, deletion_penalty, insertion_penalty)
             changed = ~_same(edited, current, c.pad_id)
             if edited.shape[1] > tokens.shape[1]:
                 tokens = torch.nn.functional.pad(tokens, (0, edited.shape[1] - tokens.shape[1]), value=c.pad_id)
