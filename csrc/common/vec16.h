@@ -1,5 +1,6 @@
 // 16 float32 lanes as a GCC vector type, and the loads and stores of float32
-// and bfloat16 (as its bit patterns) the CPU kernels share. Each ISA variant
+// and bfloat16 (as its bit patterns) the CPU kernels share, and exp and GELU
+// on 16 lanes (the packed kernel's epilogue). Each ISA variant
 // (isa_dispatch.h) that inlines them gets its own code: one zmm on AVX-512,
 // two ymm on AVX2, four xmm on the baseline. Include inside the kernels'
 // translation units only (they are always inlined; -Wpsabi's note about

@@ -82,10 +82,11 @@ class SourceCache:
 def pack_for_inference(model: nn.Module) -> int:
     """Swap, in place, the linear layers of `model` (a ``DeerModel`` or the autoregressive baseline) and its
     output projection (``output_matrix()``, ``output_bias``) for ``PackedLinear`` ones, which run on the
-    packed-blocks CPU kernel, with the GELUs that follow them in their epilogue (``fuse_gelu``); returns how many were swapped (0: the kernel cannot run this model's weights,
-    for example on a GPU or in float16, and nothing changed). The model then only decodes: packed layers
-    do not train, and its other parameters stop requiring gradients, so that decoding outside
-    ``torch.no_grad()`` does not hand the packed layers inputs that do."""
+    packed-blocks CPU kernel, with the GELUs that follow them in their epilogue (``fuse_gelu``) and
+    compacted FFN widths padded to whole blocks (``_pad_ffn_widths``); returns how many were swapped (0: the
+    kernel cannot run this model's weights, for example on a GPU or in float16, and nothing changed). The
+    model then only decodes: packed layers do not train, and its other parameters stop requiring gradients,
+    so that decoding outside ``torch.no_grad()`` does not hand the packed layers inputs that do."""
     _pad_ffn_widths(model)
     count = pack_linears(model)
     if count:
