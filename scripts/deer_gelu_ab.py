@@ -24,19 +24,12 @@ from pyprune.deer.cli import _load_baseline
 from pyprune.deer.generate import generate_ids
 from pyprune.deer.model import inference_copy
 from pyprune.nn import PackedLinear
+from pyprune.nn.packed import activation_slots
 
 
 def fused_gelus(model: nn.Module) -> list:
     """(owner, attribute, layer) of every GELU that ``fuse_gelu`` moved into a packed layer."""
-    sites = []
-    for m in model.modules():
-        if isinstance(m, nn.Sequential):
-            sites += [(m, str(i + 1), m[i]) for i in range(len(m) - 1)
-                      if isinstance(m[i], PackedLinear) and m[i].activation == "gelu"]
-        elif isinstance(getattr(m, "dense", None), PackedLinear) and hasattr(m, "intermediate_act_fn") \
-                and m.dense.activation == "gelu":
-            sites.append((m, "intermediate_act_fn", m.dense))
-    return sites
+    return [(owner, name, layer) for owner, name, layer in activation_slots(model) if layer.activation == "gelu"]
 
 
 def set_fused(sites: list, fused: bool) -> None:

@@ -25,25 +25,23 @@ PYPRUNE_INLINE float bits_to_float(uint32_t u) { return __builtin_bit_cast(float
 
 PYPRUNE_INLINE uint32_t float_to_bits(float f) { return __builtin_bit_cast(uint32_t, f); }
 
-// exp(x): x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6 Taylor
-// polynomial (truncation error r^7/7! < 1.3e-7 relative), times 2^n built in
-// the exponent bits. ln2 is split in two parts so that r keeps full precision.
-// Written without data-dependent selects: GCC turns chains of ?: into
-// branches, which stops AVX2 vectorisation. Below -87 the result is exactly 0;
-// above about 88.4 it is +inf (n reaches 128, whose exponent pattern is inf).
-// NaN propagates.
-PYPRUNE_INLINE float fast_exp(float x) {
+// exp(x) for x already clamped to [-87, 88.8]: x = n ln2 + r with |r| <= ln2/2,
+// exp(r) by a degree-6 Taylor polynomial (truncation error r^7/7! < 1.3e-7
+// relative), times 2^n built in the exponent bits. ln2 is split in two parts
+// so that r keeps full precision. `F` is float (with `U` uint32_t) or a GCC
+// vector of floats (with the unsigned vector of the same size: vec16.h's
+// exp16): the same steps, lane by lane.
+template <typename F, typename U>
+PYPRUNE_INLINE F exp_of_clamped(F xc) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693359375f;
   const float kLn2Lo = -2.12194440e-4f;
-  // Round to nearest by adding and removing 1.5 * 2^23: no libm call.
+  // Round to nearest by adding and removing 1.5 * 2^23 (bit pattern 0x4b400000): no libm call.
   const float kRound = 12582912.0f;
-  const float xc = std::min(std::max(x, -87.0f), 88.8f);
-  const float shifted = xc * kLog2e + kRound;
-  const float n = shifted - kRound;
-  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
+  const F shifted = xc * kLog2e + kRound;
+  const F n = shifted - kRound;
+  const F r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  F p = r * (1.0f / 720.0f) + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
   p = p * r + 1.0f / 6.0f;
   p = p * r + 0.5f;
@@ -51,8 +49,17 @@ PYPRUNE_INLINE float fast_exp(float x) {
   p = p * r + 1.0f;
   // The low mantissa bits of `shifted` hold n: build 2^n from them with integer
   // arithmetic only (a float->int conversion blocks vectorisation too).
-  const float scale = bits_to_float((float_to_bits(shifted) - float_to_bits(kRound) + 127u) << 23);
-  return (p * scale) * static_cast<float>(!(x < -87.0f));
+  const F scale = __builtin_bit_cast(F, (__builtin_bit_cast(U, shifted) - 0x4b400000u + 127u) << 23);
+  return p * scale;
+}
+
+// exp(x) (exp_of_clamped). Written without data-dependent selects: GCC turns
+// chains of ?: into branches, which stops AVX2 vectorisation. Below -87 the
+// result is exactly 0; above about 88.4 it is +inf (n reaches 128, whose
+// exponent pattern is inf). NaN propagates.
+PYPRUNE_INLINE float fast_exp(float x) {
+  const float xc = std::min(std::max(x, -87.0f), 88.8f);
+  return exp_of_clamped<float, uint32_t>(xc) * static_cast<float>(!(x < -87.0f));
 }
 
 // log(x) for x >= 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)), then

@@ -49,25 +49,12 @@ PYPRUNE_INLINE void store16(uint16_t* p, Vec16 v) {
 
 PYPRUNE_INLINE Vec16 splat16(float v) { return Vec16{} + v; }
 
-// fast_exp (fast_math.h) on 16 lanes: the same steps in vector arithmetic (0 below -87, NaN propagates).
+// fast_exp (fast_math.h) on 16 lanes (0 below -87, NaN propagates).
 PYPRUNE_INLINE Vec16 exp16(Vec16 x) {
   const Vec16 low = splat16(-87.0f), high = splat16(88.8f);
   Vec16 xc = x < low ? low : x;
   xc = xc > high ? high : xc;
-  const Vec16 shifted = xc * 1.44269504088896341f + 12582912.0f;   // rounds n = x / ln2 to an integer
-  const Vec16 n = shifted - 12582912.0f;
-  const Vec16 r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  Vec16 p = splat16(1.0f / 720.0f);
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  // 2^n from the low mantissa bits of `shifted` (0x4b400000: the bits of 1.5 * 2^23); vector casts
-  // reinterpret the bits.
-  const Vec16 scale = (Vec16)((((U32x16)shifted) - 0x4b400000u + 127u) << 23);
-  return x < low ? Vec16{} : p * scale;
+  return x < low ? Vec16{} : exp_of_clamped<Vec16, U32x16>(xc);
 }
 
 // GELU with the exact erf (torch's default, approximate="none") on 16 lanes: 0.5 x (1 + erf(x / sqrt 2)).

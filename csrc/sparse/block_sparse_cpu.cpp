@@ -33,14 +33,22 @@ namespace pyprune {
 namespace bsr {
 namespace {
 
-// The finished float32 outputs of one tile, activated in place (before the one rounding to bfloat16).
-template <int Tile>
-PYPRUNE_INLINE void activate(Activation activation, Vec16 (&out)[Tile][2]) {
-  if (activation != Activation::kGelu) return;
+// The finished float32 outputs of one tile (bias included) for block row r, token rows [m0, m0 + Tile):
+// activated, then stored (bfloat16: rounded once).
+template <int Tile, typename T>
+PYPRUNE_INLINE void store_tile(const ProblemOf<T>& p, int64_t r, int64_t m0, Vec16 (&out)[Tile][2]) {
+  if (p.activation == Activation::kGelu) {
+#pragma GCC unroll 16
+    for (int m = 0; m < Tile; ++m) {
+      out[m][0] = gelu16(out[m][0]);
+      out[m][1] = gelu16(out[m][1]);
+    }
+  }
+  T* y = p.y + m0 * p.ldy + r * kBlock;
 #pragma GCC unroll 16
   for (int m = 0; m < Tile; ++m) {
-    out[m][0] = gelu16(out[m][0]);
-    out[m][1] = gelu16(out[m][1]);
+    store16(y + m * p.ldy, out[m][0]);
+    store16(y + m * p.ldy + 16, out[m][1]);
   }
 }
 
@@ -72,13 +80,7 @@ PYPRUNE_INLINE void tile(const ProblemOf<T>& p, int64_t r, int64_t m0) {
       }
     }
   }
-  activate<Tile>(p.activation, acc);
-  T* y = p.y + m0 * p.ldy + r * kBlock;
-#pragma GCC unroll 16
-  for (int m = 0; m < Tile; ++m) {
-    store16(y + m * p.ldy, acc[m][0]);
-    store16(y + m * p.ldy + 16, acc[m][1]);
-  }
+  store_tile<Tile>(p, r, m0, acc);
 }
 
 // The last rows % Tile token rows, one smaller tile.
@@ -140,13 +142,7 @@ PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void tile_dot(const ProblemBf16& p, int
     out[m][0] = (Vec16)_mm512_permutex2var_ps(acc[m][0], first, acc[m][1]) + low;
     out[m][1] = (Vec16)_mm512_permutex2var_ps(acc[m][0], second, acc[m][1]) + high;
   }
-  activate<Tile>(p.activation, out);
-  uint16_t* y = p.y + m0 * p.ldy + r * kBlock;
-#pragma GCC unroll 16
-  for (int m = 0; m < Tile; ++m) {
-    store16(y + m * p.ldy, out[m][0]);
-    store16(y + m * p.ldy + 16, out[m][1]);
-  }
+  store_tile<Tile>(p, r, m0, out);
 }
 
 // remainder_dot and rows_bf16_dot mirror remainder and rows_impl: an always-inline function can only

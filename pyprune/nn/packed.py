@@ -142,11 +142,10 @@ def _is_gelu(module) -> bool:
         return False
 
 
-def fuse_gelu(module: nn.Module) -> int:
-    """Move every exact GELU that directly follows a ``PackedLinear`` into that layer's kernel epilogue, in
-    place: in an ``nn.Sequential`` (linear, GELU, ...) and in a BERT-family intermediate block (``dense`` then
-    ``intermediate_act_fn``); the GELU module becomes ``nn.Identity``. Returns how many were fused."""
-    count = 0
+def activation_slots(module: nn.Module):
+    """(owner, attribute, layer) for every ``PackedLinear`` inside `module` whose output goes straight into
+    ``getattr(owner, attribute)``: the next module of an ``nn.Sequential``, or a BERT-family intermediate
+    block's ``intermediate_act_fn`` after its ``dense``."""
     for m in module.modules():
         if isinstance(m, nn.Sequential):
             pairs = [(m, str(i + 1), m[i]) for i in range(len(m) - 1)]
@@ -154,9 +153,17 @@ def fuse_gelu(module: nn.Module) -> int:
             pairs = [(m, "intermediate_act_fn", m.dense)]
         else:
             continue
-        for owner, name, linear in pairs:
-            if type(linear) is PackedLinear and linear.activation == "none" and _is_gelu(getattr(owner, name)):
-                linear.activation = "gelu"
-                setattr(owner, name, nn.Identity())
-                count += 1
+        yield from ((owner, name, linear) for owner, name, linear in pairs if type(linear) is PackedLinear)
+
+
+def fuse_gelu(module: nn.Module) -> int:
+    """Move every exact GELU that directly follows a ``PackedLinear`` into that layer's kernel epilogue, in
+    place: in an ``nn.Sequential`` (linear, GELU, ...) and in a BERT-family intermediate block (``dense`` then
+    ``intermediate_act_fn``); the GELU module becomes ``nn.Identity``. Returns how many were fused."""
+    count = 0
+    for owner, name, linear in list(activation_slots(module)):
+        if linear.activation == "none" and _is_gelu(getattr(owner, name)):
+            linear.activation = "gelu"
+            setattr(owner, name, nn.Identity())
+            count += 1
     return count
