@@ -234,6 +234,80 @@ def test_apply_ins_masks_max_length_keeps_every_token():
     assert tokens[1].tolist() == [BOS, UNK, UNK, UNK, UNK, UNK, EOS]
 
 
+def _edit_batch(rng, rows, max_len):
+    """Left-packed [bos] words [eos] rows padded to a random extra width, and random edits: delete flags
+    (bos, eos and padding flagged too) and placeholder counts (negative and large ones too)."""
+    x = _batch([_sentence(rng, rng.randrange(0, max_len + 1), 30) for _ in range(rows)])
+    x = torch.cat([x, torch.full((rows, rng.randrange(3)), PAD)], 1)
+    flags = torch.rand(x.shape, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))) < 0.4
+    counts = torch.tensor([[rng.choice([-2, 0, 0, 0, 1, 2, 3, 9]) for _ in range(x.shape[1] - 1)]
+                           for _ in range(rows)], dtype=torch.long).reshape(rows, x.shape[1] - 1)
+    return x, flags.long(), counts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_apply_kernels_match_reference(seed):
+    """The C++ apply kernels give the reference's tokens and token moves, bit for bit."""
+    if not pyprune.backends.available("cpp"):
+        pytest.skip("C++ extension not built")
+    rng = random.Random(seed)
+    for rows, max_len in ((1, 0), (1, 25), (7, 12), (64, 40), (300, 6)):
+        x, flags, counts = _edit_batch(rng, rows, max_len)
+        got = torch.ops.pyprune_C.lev_apply_del_words(x, flags, PAD, BOS, EOS)
+        expected = ref.lev_apply_del_words(x, flags, PAD, BOS, EOS)
+        assert all(torch.equal(g, e) for g, e in zip(got, expected)), (seed, rows)
+        for max_length in (None, x.shape[1], x.shape[1] + rng.randrange(8)):
+            got = torch.ops.pyprune_C.lev_apply_ins_masks(x, counts, PAD, UNK, EOS, max_length)
+            expected = ref.lev_apply_ins_masks(x, counts, PAD, UNK, EOS, max_length)
+            assert all(torch.equal(g, e) for g, e in zip(got, expected)), (seed, rows, max_length)
+
+
+def test_apply_kernels_empty_batch():
+    if not pyprune.backends.available("cpp"):
+        pytest.skip("C++ extension not built")
+    x = torch.empty(0, 5, dtype=torch.long)
+    tokens, target = torch.ops.pyprune_C.lev_apply_del_words(x, torch.empty(0, 5, dtype=torch.long), PAD, BOS, EOS)
+    assert tokens.shape == target.shape == (0, 5)
+    tokens, target = torch.ops.pyprune_C.lev_apply_ins_masks(x, torch.empty(0, 4, dtype=torch.long), PAD, UNK, EOS,
+                                                              None)
+    assert tokens.shape == (0, 5) and target.shape == (0, 5)
+
+
+_BAD_FRAMING = [
+    ([[PAD, PAD, PAD], [BOS, 5, EOS]], r"all-padding row 0"),
+    ([[BOS, 5, EOS], [BOS, PAD, EOS]], r"row 1 with a token after its padding"),
+    ([[BOS, 5, EOS, PAD], [PAD, BOS, EOS, PAD]], r"row 1 with a token after its padding"),
+    ([[BOS, 5, 6], [BOS, 5, EOS]], r"eos \(2\).*row 0 ends in 6"),
+    ([[BOS, EOS, PAD], [7, 5, EOS]], r"bos \(0\).*row 1 starts with 7"),
+]
+
+
+@pytest.mark.parametrize("rows,message", _BAD_FRAMING)
+def test_apply_bad_framing(backend, rows, message):
+    """Framing errors name in_tokens and the first bad row, the same on the kernel and the reference (the
+    insertion op does not check bos)."""
+    x = torch.tensor(rows)
+    with pytest.raises(ValueError, match=rf"^in_tokens: expected .*{message}"):
+        apply_del_words(x, None, None, torch.zeros_like(x), PAD, BOS, EOS)
+    counts = torch.zeros(x.shape[0], x.shape[1] - 1, dtype=torch.long)
+    if "bos" in message:
+        assert apply_ins_masks(x, None, counts, PAD, UNK, EOS)[0].shape == x.shape
+    else:
+        with pytest.raises(ValueError, match=rf"^in_tokens: expected .*{message}"):
+            apply_ins_masks(x, None, counts, PAD, UNK, EOS)
+
+
+def test_apply_routing_uses_cpp_kernels():
+    if not pyprune.backends.available("cpp"):
+        pytest.skip("C++ extension not built")
+    x, flags, counts = _edit_batch(random.Random(3), 4, 10)
+    with torch.profiler.profile() as prof:
+        apply_del_words(x, None, None, flags, PAD, BOS, EOS)
+        apply_ins_masks(x, None, counts, PAD, UNK, EOS)
+    names = {e.name for e in prof.events()}
+    assert {"pyprune_C::lev_apply_del_words", "pyprune_C::lev_apply_ins_masks"} <= names
+
+
 # ---------------------------------------------------------------- ops and errors
 
 def test_opcheck(backend):
@@ -241,6 +315,10 @@ def test_opcheck(backend):
     torch.library.opcheck(torch.ops.pyprune.lev_edit_targets.default, (x, y, PAD, UNK))
     torch.library.opcheck(torch.ops.pyprune.lev_edit_distance.default, (x, y, PAD, 2))
     torch.library.opcheck(torch.ops.pyprune.lev_edit_path.default, (x, y, PAD))
+    flags, counts = (x == 5).long(), (x[:, 1:] % 3).contiguous()
+    torch.library.opcheck(torch.ops.pyprune.lev_apply_del_words.default, (x, flags, PAD, BOS, EOS))
+    for max_length in (None, x.shape[1] + 2):
+        torch.library.opcheck(torch.ops.pyprune.lev_apply_ins_masks.default, (x, counts, PAD, UNK, EOS, max_length))
 
 
 def test_routing_uses_cpp_kernel():
@@ -265,6 +343,10 @@ def test_routing_uses_cpp_kernel():
     (lambda x, y: apply_ins_masks(x, None, torch.zeros(2, 2, dtype=torch.long), PAD, UNK, EOS), "mask_ins_pred"),
     (lambda x, y: apply_ins_masks(x.masked_fill(x == EOS, 9), None, torch.zeros(x.shape[0], x.shape[1] - 1, dtype=torch.long), PAD, UNK, EOS), "in_tokens"),
     (lambda x, y: apply_ins_masks(x, None, torch.zeros(x.shape[0], x.shape[1] - 1, dtype=torch.long), PAD, UNK, EOS, max_length=2), "max_length"),
+    (lambda x, y: apply_del_words(x, None, None, torch.zeros(x.shape), PAD, BOS, EOS), "word_del_pred"),
+    (lambda x, y: apply_ins_masks(x, None, torch.zeros(x.shape[0], x.shape[1] - 1), PAD, UNK, EOS), "mask_ins_pred"),
+    (lambda x, y: apply_ins_masks(x, None, torch.zeros(x.shape[0], x.shape[1] - 1, dtype=torch.long), PAD, UNK, EOS,
+                                  max_length=9.0), "max_length"),
     (lambda x, y: apply_ins_words(x, torch.rand(x.shape), x, None, UNK), "word_ins_scores"),
     (lambda x, y: suggested_ed2_path([[1]], [[1], [2]], PAD), "ys"),
 ])

@@ -54,6 +54,14 @@ TORCH_LIBRARY(pyprune_C, m) {
       "int unk_idx) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("lev_edit_distance(Tensor x, Tensor y, int padding_idx, int sub_cost) -> Tensor");
   m.def("lev_edit_path(Tensor in_tokens, Tensor out_tokens, int padding_idx) -> (Tensor, Tensor)");
+  // Applying predicted edits to left-packed [bos] ... [eos] rows: (the edited rows, each input token's
+  // output column; the width, past the last column, where it was dropped).
+  m.def(
+      "lev_apply_del_words(Tensor in_tokens, Tensor word_del_pred, int padding_idx, int bos_idx, "
+      "int eos_idx) -> (Tensor, Tensor)");
+  m.def(
+      "lev_apply_ins_masks(Tensor in_tokens, Tensor mask_ins_pred, int padding_idx, int unk_idx, "
+      "int eos_idx, int? max_length) -> (Tensor, Tensor)");
 
   // Inference only (no autograd): y = x W^T + bias, W as its packed live 32x32 blocks.
   // activation: "none" or "gelu" (exact erf GELU applied to each output in float32).

@@ -76,5 +76,43 @@ void edit_distance(const Tokens& x, const Tokens& y, int64_t padding_idx, int64_
 void edit_path(const Tokens& in, const Tokens& out, int64_t padding_idx, int64_t* insert_slot,
                int64_t* deleted, Workspace* ws, int64_t begin, int64_t end);
 
+// ---------------------------------------------------------------- applying edits
+// The apply kernels take left-packed rows: [bos] tokens [eos], then padding.
+
+// The first thing wrong with a batch's framing, in the order the checks run
+// over all rows: an all-padding row, a token after padding, a row whose last
+// token is not eos, a row whose first token is not bos (bos_idx < 0: not
+// checked). `row` is the first row with that problem, `token` the offending
+// token (for the last two).
+struct FramingProblem {
+  enum Kind : int32_t { kNone = 0, kEmptyRow, kTokenAfterPadding, kNoEos, kNoBos };
+  Kind kind = kNone;
+  int64_t row = -1;
+  int64_t token = 0;
+};
+FramingProblem check_framing(const Tokens& in, int64_t padding_idx, int64_t bos_idx, int64_t eos_idx);
+
+// Rows [begin, end) with the flagged tokens deleted and the rest left-packed
+// (width in.width): a token stays when its flag is 0 and it is not padding, or
+// when it is bos or eos. `del` holds one flag per token, rows contiguous;
+// out (rows, in.width) gets the tokens then padding, target (rows, in.width)
+// each input token's output column or in.width where it was dropped.
+void apply_del_words(const Tokens& in, const int64_t* del, int64_t padding_idx, int64_t bos_idx,
+                     int64_t eos_idx, int64_t* out, int64_t* target, int64_t begin, int64_t end);
+
+// The placeholders inserted before token k >= 1 of a row: counts[k - 1]
+// (negative counts insert none), cut so the row holds at most `max_length`
+// tokens (max_length < 0: no cut) by dropping insertions from the end.
+// `counts` holds in.width - 1 per row, rows contiguous.
+int64_t ins_masks_width(const Tokens& in, const int64_t* counts, int64_t padding_idx);  // longest result
+
+// Rows [begin, end) with the placeholders (unk_idx) inserted: out (rows,
+// width) gets the result then padding, target (rows, in.width) each input
+// token's output column or `width` for padding. `width` must hold every
+// result (ins_masks_width, or max_length when one is given).
+void apply_ins_masks(const Tokens& in, const int64_t* counts, int64_t padding_idx, int64_t unk_idx,
+                     int64_t max_length, int64_t width, int64_t* out, int64_t* target, int64_t begin,
+                     int64_t end);
+
 }  // namespace lev
 }  // namespace pyprune

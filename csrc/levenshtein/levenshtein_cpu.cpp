@@ -3,6 +3,7 @@
 #include "levenshtein_core.h"
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "../common/fast_math.h"
@@ -272,6 +273,118 @@ void edit_distance(const Tokens& x, const Tokens& y, int64_t padding_idx, int64_
 void edit_path(const Tokens& in, const Tokens& out, int64_t padding_idx, int64_t* insert_slot,
                int64_t* deleted, Workspace* ws, int64_t begin, int64_t end) {
   edit_path_dispatch(in, out, padding_idx, insert_slot, deleted, ws, begin, end);
+}
+
+
+// ---------------------------------------------------------------- applying edits
+
+namespace {
+
+constexpr int64_t kUnbounded = std::numeric_limits<int64_t>::max();
+
+// Tokens of a left-packed row before its padding.
+PYPRUNE_INLINE int64_t row_length(const int64_t* row, int64_t width, int64_t padding_idx) {
+  int64_t n = 0;
+  while (n < width && row[n] != padding_idx) ++n;
+  return n;
+}
+
+// Placeholders before each token of a row (slot k: before token k + 1), cut at `room`.
+template <typename Take>
+PYPRUNE_INLINE int64_t for_insertions(const int64_t* counts, int64_t n, int64_t room, Take take) {
+  int64_t used = 0;
+  for (int64_t k = 0; k + 1 < n; ++k) {
+    const int64_t c = std::min(std::max<int64_t>(counts[k], 0), room - used);
+    take(k, c);
+    used += c;
+  }
+  return used;
+}
+
+}  // namespace
+
+FramingProblem check_framing(const Tokens& in, int64_t padding_idx, int64_t bos_idx, int64_t eos_idx) {
+  FramingProblem first[5];
+  const auto note = [&](FramingProblem::Kind kind, int64_t b, int64_t token) {
+    if (first[kind].row < 0) first[kind] = FramingProblem{kind, b, token};
+  };
+  for (int64_t b = 0; b < in.rows; ++b) {
+    const int64_t* row = in.data + b * in.stride;
+    const int64_t n = row_length(row, in.width, padding_idx);
+    if (n == 0) {
+      bool any = false;
+      for (int64_t k = 0; k < in.width && !any; ++k) any = row[k] != padding_idx;
+      note(any ? FramingProblem::kTokenAfterPadding : FramingProblem::kEmptyRow, b, 0);
+      continue;
+    }
+    for (int64_t k = n; k < in.width; ++k) {
+      if (row[k] != padding_idx) {
+        note(FramingProblem::kTokenAfterPadding, b, row[k]);
+        break;
+      }
+    }
+    if (row[n - 1] != eos_idx) note(FramingProblem::kNoEos, b, row[n - 1]);
+    if (bos_idx >= 0 && row[0] != bos_idx) note(FramingProblem::kNoBos, b, row[0]);
+  }
+  for (int kind = FramingProblem::kEmptyRow; kind <= FramingProblem::kNoBos; ++kind) {
+    if (first[kind].row >= 0) return first[kind];
+  }
+  return FramingProblem{};
+}
+
+void apply_del_words(const Tokens& in, const int64_t* del, int64_t padding_idx, int64_t bos_idx,
+                     int64_t eos_idx, int64_t* out, int64_t* target, int64_t begin, int64_t end) {
+  const int64_t L = in.width;
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t* row = in.data + b * in.stride;
+    const int64_t* flags = del + b * L;
+    int64_t* o = out + b * L;
+    int64_t* t = target + b * L;
+    int64_t j = 0;
+    for (int64_t k = 0; k < L; ++k) {
+      const int64_t token = row[k];
+      const bool keep = (flags[k] == 0 && token != padding_idx) || token == bos_idx || token == eos_idx;
+      t[k] = keep ? j : L;
+      if (keep) o[j++] = token;
+    }
+    std::fill(o + j, o + L, padding_idx);
+  }
+}
+
+int64_t ins_masks_width(const Tokens& in, const int64_t* counts, int64_t padding_idx) {
+  const int64_t gaps = std::max<int64_t>(in.width - 1, 0);
+  int64_t width = in.rows ? 0 : in.width;
+  for (int64_t b = 0; b < in.rows; ++b) {
+    const int64_t n = row_length(in.data + b * in.stride, in.width, padding_idx);
+    const int64_t inserted = for_insertions(counts + b * gaps, n, kUnbounded, [](int64_t, int64_t) {});
+    width = std::max(width, inserted > kUnbounded - n ? kUnbounded : n + inserted);
+  }
+  return width;
+}
+
+void apply_ins_masks(const Tokens& in, const int64_t* counts, int64_t padding_idx, int64_t unk_idx,
+                     int64_t max_length, int64_t width, int64_t* out, int64_t* target, int64_t begin,
+                     int64_t end) {
+  const int64_t L = in.width, gaps = std::max<int64_t>(L - 1, 0);
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t* row = in.data + b * in.stride;
+    const int64_t n = row_length(row, L, padding_idx);
+    const int64_t room = max_length < 0 ? kUnbounded : std::max<int64_t>(max_length - n, 0);
+    int64_t* o = out + b * width;
+    int64_t* t = target + b * L;
+    int64_t j = 0;
+    if (n > 0) {
+      o[j] = row[0];
+      t[0] = j++;
+    }
+    for_insertions(counts + b * gaps, n, room, [&](int64_t k, int64_t c) {
+      for (int64_t p = 0; p < c; ++p) o[j++] = unk_idx;
+      o[j] = row[k + 1];
+      t[k + 1] = j++;
+    });
+    std::fill(o + j, o + width, padding_idx);
+    std::fill(t + n, t + L, width);
+  }
 }
 
 }  // namespace lev

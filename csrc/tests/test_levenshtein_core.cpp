@@ -80,9 +80,71 @@ static void test_lane_carries(std::mt19937& rng) {
   }
 }
 
+// The apply kernels against a list model of each edit, on left-packed rows
+// [bos] words [eos] padding with random flags and counts (negative ones too),
+// with and without a max_length cut; and each framing problem reported.
+static void test_apply(std::mt19937& rng) {
+  constexpr int64_t kBos = 0, kEos = 2, kUnk = 3;
+  for (int trial = 0; trial < 500; ++trial) {
+    const int64_t words = rng() % 20, width = words + 2 + rng() % 3;
+    std::vector<int64_t> row(width, kPad), flags(width), counts(width - 1);
+    row[0] = kBos;
+    for (int64_t k = 1; k <= words; ++k) row[k] = 4 + rng() % 9;
+    row[words + 1] = kEos;
+    for (auto& f : flags) f = rng() % 3 == 0;
+    for (auto& c : counts) c = int64_t(rng() % 6) - 1;
+    const Tokens in{row.data(), 1, width, width};
+
+    std::vector<int64_t> kept, kept_at(width, width), out(width), target(width);
+    for (int64_t k = 0; k < width; ++k) {
+      const bool keep = (!flags[k] && row[k] != kPad) || row[k] == kBos || row[k] == kEos;
+      if (keep) kept_at[k] = int64_t(kept.size()), kept.push_back(row[k]);
+    }
+    kept.resize(width, kPad);
+    apply_del_words(in, flags.data(), kPad, kBos, kEos, out.data(), target.data(), 0, 1);
+    CHECK(out == kept && target == kept_at, "trial %d: deletions", trial);
+
+    const int64_t n = words + 2;
+    for (const int64_t max_length : {int64_t(-1), width, width + int64_t(rng() % 10)}) {
+      std::vector<int64_t> expected{row[0]}, moved(width, 0);
+      for (int64_t k = 1; k < n; ++k) {
+        const int64_t room = max_length < 0 ? 1 << 20 : max_length - n - (int64_t(expected.size()) - k);
+        for (int64_t p = 0; p < std::min(std::max<int64_t>(counts[k - 1], 0), room); ++p) expected.push_back(kUnk);
+        moved[k] = int64_t(expected.size());
+        expected.push_back(row[k]);
+      }
+      const int64_t out_width = max_length < 0 ? ins_masks_width(in, counts.data(), kPad) : max_length;
+      CHECK(max_length >= 0 || out_width == int64_t(expected.size()), "trial %d: width %ld", trial, long(out_width));
+      if (out_width < int64_t(expected.size())) continue;
+      expected.resize(out_width, kPad);
+      for (int64_t k = n; k < width; ++k) moved[k] = out_width;
+      std::vector<int64_t> got(out_width), got_target(width);
+      apply_ins_masks(in, counts.data(), kPad, kUnk, max_length, out_width, got.data(), got_target.data(), 0, 1);
+      CHECK(got == expected && got_target == moved, "trial %d: insertions (max_length %ld)", trial, long(max_length));
+    }
+  }
+  // Framing: the first row of the first kind of problem, kinds in order.
+  const int64_t rows[4][4] = {{0, 5, 2, kPad}, {0, 6, 7, kPad}, {kPad, 0, 2, kPad}, {kPad, kPad, kPad, kPad}};
+  const Tokens all{&rows[0][0], 4, 4, 4}, first_three{&rows[0][0], 3, 4, 4}, first_two{&rows[0][0], 2, 4, 4};
+  const Tokens first_one{&rows[0][0], 1, 4, 4};
+  FramingProblem p = check_framing(all, kPad, 0, 2);
+  CHECK(p.kind == FramingProblem::kEmptyRow && p.row == 3, "empty row: kind %d row %ld", p.kind, long(p.row));
+  p = check_framing(first_three, kPad, 0, 2);
+  CHECK(p.kind == FramingProblem::kTokenAfterPadding && p.row == 2, "after padding: kind %d", p.kind);
+  p = check_framing(first_two, kPad, 0, 2);
+  CHECK(p.kind == FramingProblem::kNoEos && p.row == 1 && p.token == 7, "no eos: kind %d", p.kind);
+  p = check_framing(first_two, kPad, 9, 2);
+  CHECK(p.kind == FramingProblem::kNoEos, "eos is checked before bos: kind %d", p.kind);
+  p = check_framing(first_one, kPad, 9, 2);
+  CHECK(p.kind == FramingProblem::kNoBos && p.row == 0 && p.token == 0, "no bos: kind %d", p.kind);
+  p = check_framing(first_one, kPad, -1, 2);
+  CHECK(p.kind == FramingProblem::kNone, "bos unchecked: kind %d", p.kind);
+}
+
 int main() {
   std::mt19937 rng(42);
   test_lane_carries(rng);
+  test_apply(rng);
   Workspace* ws = workspace_create();
   const int64_t lengths[] = {0, 1, 5, 63, 64, 65, 130, 200};
   for (int trial = 0; trial < 300; ++trial) {

@@ -3,9 +3,11 @@
 Label ops reproduce fairseq's libnat labels exactly (same argument names,
 shapes and outputs as fairseq's ``levenshtein_utils._get_ins_targets`` and
 ``_get_del_targets``) on batches, with a bit-parallel C++ kernel; apply ops
-edit whole batches with prefix sums. Nothing is modified in place.
+edit whole batches in one pass of a C++ kernel on the CPU (prefix sums and
+scatters, ``levenshtein_reference``, elsewhere). Nothing is modified in place.
 
-Padding tokens are ignored wherever they stand in a row.
+Label ops ignore padding wherever it stands in a row; apply ops take
+left-packed rows ([bos] tokens [eos], then padding).
 """
 from __future__ import annotations
 
@@ -67,6 +69,13 @@ define("lev_edit_distance", "(Tensor x, Tensor y, int padding_idx, int sub_cost)
        lambda k, *args: k.lev_edit_distance(*args), levenshtein_reference)
 define("lev_edit_path", "(Tensor in_tokens, Tensor out_tokens, int padding_idx) -> (Tensor, Tensor)",
        lambda k, *args: k.lev_edit_path(*args), levenshtein_reference)
+define("lev_apply_del_words",
+       "(Tensor in_tokens, Tensor word_del_pred, int padding_idx, int bos_idx, int eos_idx) -> (Tensor, Tensor)",
+       lambda k, *args: k.lev_apply_del_words(*args), levenshtein_reference)
+define("lev_apply_ins_masks",
+       "(Tensor in_tokens, Tensor mask_ins_pred, int padding_idx, int unk_idx, int eos_idx, int? max_length) "
+       "-> (Tensor, Tensor)",
+       lambda k, *args: k.lev_apply_ins_masks(*args), levenshtein_reference)
 
 
 @torch.library.register_fake("pyprune::lev_edit_targets")
@@ -85,6 +94,17 @@ def _(x, y, padding_idx, sub_cost):
 @torch.library.register_fake("pyprune::lev_edit_path")
 def _(in_tokens, out_tokens, padding_idx):
     return out_tokens.new_empty(out_tokens.shape), in_tokens.new_empty(in_tokens.shape)
+
+
+@torch.library.register_fake("pyprune::lev_apply_del_words")
+def _(in_tokens, word_del_pred, padding_idx, bos_idx, eos_idx):
+    return in_tokens.new_empty(in_tokens.shape), in_tokens.new_empty(in_tokens.shape)
+
+
+@torch.library.register_fake("pyprune::lev_apply_ins_masks")
+def _(in_tokens, mask_ins_pred, padding_idx, unk_idx, eos_idx, max_length):
+    width = max_length if max_length is not None else torch.library.get_ctx().new_dynamic_size()
+    return in_tokens.new_empty(in_tokens.shape[0], width), in_tokens.new_empty(in_tokens.shape)
 
 
 def _check_pair(in_tokens: Tensor, out_tokens: Tensor, padding_idx: int) -> tuple[Tensor, Tensor]:
@@ -185,21 +205,11 @@ def suggested_ed2_path(xs: Sequence[Sequence[int]], ys: Sequence[Sequence[int]],
 # applying predicted edits
 
 
-def _check_framing(tokens: Tensor, padding_idx: int, bos_idx: Optional[int], eos_idx: int) -> None:
-    """Rows must start with bos (when given) and end, before padding, with eos.
-    Checked on the host only (no device synchronisation)."""
-    if tokens.device.type != "cpu" or torch.compiler.is_compiling() or tokens.numel() == 0:
-        return
-    lengths = tokens.ne(padding_idx).sum(1)
-    if bool((lengths == 0).any()):
-        fail("in_tokens", "rows holding at least eos", f"an all-padding row {int((lengths == 0).nonzero()[0])}")
-    last = tokens.gather(1, (lengths - 1)[:, None]).squeeze(1)
-    if bool((last != eos_idx).any()):
-        row = int((last != eos_idx).nonzero()[0])
-        fail("in_tokens", f"rows ending in eos ({eos_idx}) before their padding", f"row {row} ends in {int(last[row])}")
-    if bos_idx is not None and bool((tokens[:, 0] != bos_idx).any()):
-        row = int((tokens[:, 0] != bos_idx).nonzero()[0])
-        fail("in_tokens", f"rows starting with bos ({bos_idx})", f"row {row} starts with {int(tokens[row, 0])}")
+def _edits(name: str, pred: Tensor) -> Tensor:
+    """Predicted edits (flags or counts, any integer or bool dtype) as the int64 the kernels read."""
+    if pred.dtype.is_floating_point or pred.dtype.is_complex:
+        fail(name, "an integer or bool tensor", f"dtype {pred.dtype}")
+    return pred.to(torch.long).contiguous()
 
 
 def apply_del_words(in_tokens: Tensor, in_scores: Optional[Tensor], in_attn: Optional[Tensor],
@@ -207,7 +217,8 @@ def apply_del_words(in_tokens: Tensor, in_scores: Optional[Tensor], in_attn: Opt
                     eos_idx: int) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """Delete the flagged tokens and left-pack each row (width unchanged).
 
-    bos and eos are never deleted, padding always is. Scores and attention
+    Rows are left-packed: bos, tokens, eos, then padding (anything else fails
+    naming in_tokens). bos and eos are never deleted, padding always is. Scores and attention
     rows move with their tokens; vacated slots get padding_idx, 0 and 0.
     Shapes: in_tokens, word_del_pred (B, L); in_scores (B, L); in_attn (B, L, *).
     """
@@ -222,12 +233,8 @@ def apply_del_words(in_tokens: Tensor, in_scores: Optional[Tensor], in_attn: Opt
                        ("in_scores", in_scores), ("in_attn", in_attn))
     for name, value in (("padding_idx", padding_idx), ("bos_idx", bos_idx), ("eos_idx", eos_idx)):
         _check_index(name, value)
-    _check_framing(in_tokens, padding_idx, bos_idx, eos_idx)
-    keep = word_del_pred.eq(0) & in_tokens.ne(padding_idx)
-    keep = keep | in_tokens.eq(bos_idx) | in_tokens.eq(eos_idx)
-    # Destination of each kept token: its rank among the kept tokens of its row.
-    target = torch.where(keep, keep.long().cumsum(1) - 1, L)          # L: a spill column
-    out_tokens = in_tokens.new_full((B, L + 1), padding_idx).scatter_(1, target, in_tokens)[:, :L]
+    out_tokens, target = torch.ops.pyprune.lev_apply_del_words(in_tokens, _edits("word_del_pred", word_del_pred), padding_idx,
+                                                               bos_idx, eos_idx)
     out_scores = out_attn = None
     if in_scores is not None:
         out_scores = in_scores.new_zeros(B, L + 1).scatter_(1, target, in_scores)[:, :L]
@@ -243,10 +250,10 @@ def apply_ins_masks(in_tokens: Tensor, in_scores: Optional[Tensor], mask_ins_pre
                     max_length: Optional[int] = None) -> tuple[Tensor, Optional[Tensor]]:
     """Insert mask_ins_pred[b, k] unk placeholders between tokens k and k+1.
 
-    Rows are left-packed with bos first and eos last (as fairseq's decoder
-    keeps them). Output width: the longest result, which reads the lengths
-    back to the host; pass max_length to fix the width and avoid that
-    synchronisation (a row that would be longer drops insertions from its end
+    Rows are left-packed with bos first and eos last, then padding (as
+    fairseq's decoder keeps them). Output width: the longest result, which on
+    a GPU reads the lengths back to the host; pass max_length to fix the width
+    and avoid that synchronisation (a row that would be longer drops insertions from its end
     so every input token is kept). Placeholders score 0.
     """
     in_tokens = _check_tokens("in_tokens", in_tokens)
@@ -260,28 +267,14 @@ def apply_ins_masks(in_tokens: Tensor, in_scores: Optional[Tensor], mask_ins_pre
                        ("in_scores", in_scores))
     for name, value in (("padding_idx", padding_idx), ("unk_idx", unk_idx), ("eos_idx", eos_idx)):
         _check_index(name, value)
-    if max_length is not None and max_length < L:
-        fail("max_length", f"at least in_tokens.size(1) = {L}", max_length)
-    _check_framing(in_tokens, padding_idx, None, eos_idx)
-    present = in_tokens.ne(padding_idx)
-    counts = mask_ins_pred.clamp(min=0).masked_fill(~present[:, 1:], 0)
-    in_lengths = present.sum(1)
-    if max_length is not None:
-        # Drop insertions from the end of the row until it fits.
-        room = (max_length - in_lengths).clamp(min=0)
-        before = counts.cumsum(1) - counts
-        counts = torch.minimum(counts, (room[:, None] - before).clamp(min=0))
-    width = max_length if max_length is not None else int((in_lengths + counts.sum(1)).max()) if B else L
-    # Token k (k >= 1) moves right by the placeholders inserted before it.
-    shift = torch.cat([counts.new_zeros(B, 1), counts.cumsum(1)], dim=1)
-    target = torch.arange(L, device=in_tokens.device)[None] + shift
-    target = torch.where(present, target, width)                        # spill column
-    out_lengths = in_lengths + counts.sum(1)
-    positions = torch.arange(width, device=in_tokens.device)[None]
-    base = torch.where(positions < out_lengths[:, None], unk_idx, padding_idx).to(in_tokens.dtype)
-    out_tokens = torch.cat([base, base.new_zeros(B, 1)], 1).scatter_(1, target, in_tokens)[:, :width]
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                   or max_length < L):
+        fail("max_length", f"None or an int >= in_tokens.size(1) = {L}", max_length)
+    out_tokens, target = torch.ops.pyprune.lev_apply_ins_masks(in_tokens, _edits("mask_ins_pred", mask_ins_pred), padding_idx,
+                                                               unk_idx, eos_idx, max_length)
     out_scores = None
     if in_scores is not None:
+        width = out_tokens.shape[1]
         out_scores = in_scores.new_zeros(B, width + 1).scatter_(1, target, in_scores)[:, :width]
     return out_tokens, out_scores
 

@@ -5,11 +5,18 @@ labelled with the full distance matrix and libnat's rule (insert = delete = 1,
 substitute = 2; walking back from the end: insert if d[i][j-1] < d[i][j], else
 delete if d[i-1][j] < d[i][j], else keep). Runs on any device by moving the
 tokens to the host.
+
+The apply references edit whole batches with prefix sums and scatters on the
+tokens' own device; on CUDA, where no apply kernel exists, they are what runs.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
+
+from pyprune._validation import fail
 
 
 def _rows(tokens: Tensor, padding_idx: int) -> list[list[int]]:
@@ -89,3 +96,62 @@ def lev_edit_path(in_tokens: Tensor, out_tokens: Tensor, padding_idx: int) -> tu
             if k < len(x) and not deleted[k]:
                 position += 1  # x[k] is matched to the next reference token
     return slots_out.to(out_tokens.device), deleted_out.to(in_tokens.device)
+
+
+def check_framing(tokens: Tensor, padding_idx: int, bos_idx: Optional[int], eos_idx: int) -> None:
+    """Rows must be left-packed, start with bos (when given) and end, before their padding, with eos; the
+    checks run in that order over all rows (as the kernels' ``check_framing``). On the host only: on
+    another device nothing is checked (no synchronisation)."""
+    if tokens.device.type != "cpu" or torch.compiler.is_compiling() or tokens.numel() == 0:
+        return
+    present = tokens.ne(padding_idx)
+    lengths = present.sum(1)
+    if bool((lengths == 0).any()):
+        fail("in_tokens", "rows holding at least eos", f"an all-padding row {int((lengths == 0).nonzero()[0])}")
+    after_padding = (present[:, 1:] & ~present[:, :-1]).any(1)
+    if bool(after_padding.any()):
+        fail("in_tokens", "left-packed rows (padding only at the end)",
+             f"row {int(after_padding.nonzero()[0])} with a token after its padding")
+    last = tokens.gather(1, (lengths - 1)[:, None]).squeeze(1)
+    if bool((last != eos_idx).any()):
+        row = int((last != eos_idx).nonzero()[0])
+        fail("in_tokens", f"rows ending in eos ({eos_idx}) before their padding", f"row {row} ends in {int(last[row])}")
+    if bos_idx is not None and bos_idx >= 0 and bool((tokens[:, 0] != bos_idx).any()):
+        row = int((tokens[:, 0] != bos_idx).nonzero()[0])
+        fail("in_tokens", f"rows starting with bos ({bos_idx})", f"row {row} starts with {int(tokens[row, 0])}")
+
+
+def lev_apply_del_words(in_tokens: Tensor, word_del_pred: Tensor, padding_idx: int, bos_idx: int,
+                        eos_idx: int) -> tuple[Tensor, Tensor]:
+    check_framing(in_tokens, padding_idx, bos_idx, eos_idx)
+    B, L = in_tokens.shape
+    keep = word_del_pred.eq(0) & in_tokens.ne(padding_idx)
+    keep = keep | in_tokens.eq(bos_idx) | in_tokens.eq(eos_idx)
+    # Destination of each kept token: its rank among the kept tokens of its row.
+    target = torch.where(keep, keep.long().cumsum(1) - 1, L)          # L: a spill column
+    out_tokens = in_tokens.new_full((B, L + 1), padding_idx).scatter_(1, target, in_tokens)[:, :L]
+    return out_tokens.contiguous(), target
+
+
+def lev_apply_ins_masks(in_tokens: Tensor, mask_ins_pred: Tensor, padding_idx: int, unk_idx: int, eos_idx: int,
+                        max_length: Optional[int]) -> tuple[Tensor, Tensor]:
+    check_framing(in_tokens, padding_idx, None, eos_idx)
+    B, L = in_tokens.shape
+    present = in_tokens.ne(padding_idx)
+    counts = mask_ins_pred.clamp(min=0).masked_fill(~present[:, 1:], 0)
+    in_lengths = present.sum(1)
+    if max_length is not None:
+        # Drop insertions from the end of the row until it fits.
+        room = (max_length - in_lengths).clamp(min=0)
+        before = counts.cumsum(1) - counts
+        counts = torch.minimum(counts, (room[:, None] - before).clamp(min=0))
+    width = max_length if max_length is not None else int((in_lengths + counts.sum(1)).max()) if B else L
+    # Token k (k >= 1) moves right by the placeholders inserted before it.
+    shift = torch.cat([counts.new_zeros(B, 1), counts.cumsum(1)], dim=1)
+    target = torch.arange(L, device=in_tokens.device)[None] + shift
+    target = torch.where(present, target, width)                        # spill column
+    positions = torch.arange(width, device=in_tokens.device)[None]
+    out_lengths = in_lengths + counts.sum(1)
+    base = torch.where(positions < out_lengths[:, None], unk_idx, padding_idx).to(in_tokens.dtype)
+    out_tokens = torch.cat([base, base.new_zeros(B, 1)], 1).scatter_(1, target, in_tokens)[:, :width]
+    return out_tokens.contiguous(), target
