@@ -1,5 +1,7 @@
-"""What the DEER A/B scripts share: their arguments, the trained model and its first test sentences."""
+"""What the DEER A/B scripts share: their arguments, the trained model and its first test sentences, the
+interleaved timing loop and its table."""
 import argparse
+import time
 
 import torch
 
@@ -26,3 +28,46 @@ def setup(doc: str, configure=None):
 
 def median(values: list) -> float:
     return sorted(values)[len(values) // 2]
+
+
+def deer_decoders(deer, sources, dtype, keeps, iterations, baseline=None) -> dict:
+    """{name: decode()} for DEER at `keeps` x `iterations` on its packed sub-networks in `dtype`, batch 1,
+    and for `baseline` (an AR model already in `dtype`) when given."""
+    from pyprune.deer.generate import generate_ids
+    decoders = {}
+    for keep in keeps:
+        model, penalties = deer.sub_network(keep, dtype, packed=True), deer.decoding(keep)
+        for k in iterations:
+            decoders[f"DEER keep {keep:g}, {k} iter."] = (
+                lambda m=model, p=penalties, k=k: generate_ids(m, sources, max_iter=k, batch_size=1, **p))
+    if baseline is not None:
+        decoders["autoregressive"] = lambda: baseline.generate_ids(sources, batch_size=1)
+    return decoders
+
+
+def interleaved(run, names, variants, rounds: int, sentences: int):
+    """Calls run(name, variant) for every name and variant in turn, `rounds` times over, in one process (so
+    a slow stretch of the machine hits every variant alike): (times, outputs) keyed by (name, variant),
+    times in ms per sentence, one per round, outputs those of the last round."""
+    times, outputs = {}, {}
+    for _ in range(rounds):
+        for name in names:
+            for variant in variants:
+                start = time.perf_counter()
+                outputs[name, variant] = run(name, variant)
+                times.setdefault((name, variant), []).append(1e3 * (time.perf_counter() - start) / sentences)
+    return times, outputs
+
+
+def print_ab(names, variants, times, outputs, columns, extra=None) -> None:
+    """The A/B table: per name, the median ms of the two `variants` (headed `columns`), the speed-up and how
+    many outputs stay the same; `extra`: (header, {name: value}) for one more column after the name."""
+    a, b = variants
+    head = f" {extra[0]} |" if extra else ""
+    print(f"| decoding |{head} {columns[0]} ms | {columns[1]} ms | speed-up | outputs unchanged |")
+    print("|---|" + ("---:|" if extra else "") + "---:|---:|---:|---:|")
+    for name in names:
+        before, after = median(times[name, a]), median(times[name, b])
+        same = sum(x == y for x, y in zip(outputs[name, a], outputs[name, b]))
+        cell = f" {extra[1][name]} |" if extra else ""
+        print(f"| {name} |{cell} {before:.2f} | {after:.2f} | {before / after:.2f}x | {same}/{len(outputs[name, a])} |")

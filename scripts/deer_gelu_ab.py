@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _deer_ab import median, setup
+from _deer_ab import deer_decoders, interleaved, median, print_ab, setup
 from pyprune.deer.cli import _load_baseline
-from pyprune.deer.generate import generate_ids
 from pyprune.deer.model import inference_copy
 from pyprune.nn import PackedLinear
 from pyprune.nn.packed import activation_slots
@@ -65,36 +64,22 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     with torch.inference_mode():
         layer_table(dtype)
-    decoders = {}
-    for keep in (max(deer.keep_ratios), min(deer.keep_ratios)):
-        model, penalties = deer.sub_network(keep, dtype, packed=True), deer.decoding(keep)
-        for iterations in (0, 1):
-            decoders[f"DEER keep {keep:g}, {iterations} iter."] = (
-                lambda m=model, p=penalties, k=iterations: generate_ids(m, sources, max_iter=k, batch_size=1, **p),
-                fused_gelus(model))
     baseline = _load_baseline(args.run, deer)
-    if baseline is not None:
-        ar = inference_copy(baseline, dtype)
-        decoders["autoregressive"] = (lambda m=ar: m.generate_ids(sources, batch_size=1), fused_gelus(ar))
-    if not any(sites for _, sites in decoders.values()):
+    ar = None if baseline is None else inference_copy(baseline, dtype)
+    keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
+    decoders = deer_decoders(deer, sources, dtype, keeps, (0, 1), ar)
+    models = {name: deer.sub_network(keep, dtype, packed=True)          # cached: the decoders' own models
+              for keep in keeps for name in decoders if name.startswith(f"DEER keep {keep:g},")}
+    sites = {name: fused_gelus(models.get(name, ar)) for name in decoders}
+    if not any(sites.values()):
         raise SystemExit("nothing was fused (is the cpp extension built?)")
-    times, outputs = {}, {}
     with torch.inference_mode():
-        for _ in range(args.rounds):
-            for name, (decode, sites) in decoders.items():
-                for fused in (False, True):
-                    set_fused(sites, fused)
-                    start = time.perf_counter()
-                    outputs[name, fused] = decode()
-                    times.setdefault((name, fused), []).append(1e3 * (time.perf_counter() - start) / len(sources))
+        times, outputs = interleaved(lambda name, fused: set_fused(sites[name], fused) or decoders[name](),
+                                     list(decoders), (False, True), args.rounds, len(sources))
     print(f"\n{dtype}, batch 1, ms per sentence over {len(sources)} test sentences, median of {args.rounds} "
           "interleaved rounds")
-    print("| decoding | GELUs fused | separate GELU ms | fused ms | speed-up | outputs unchanged |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, (_, sites) in decoders.items():
-        before, after = (median(times[name, fused]) for fused in (False, True))
-        same = sum(a == b for a, b in zip(outputs[name, False], outputs[name, True]))
-        print(f"| {name} | {len(sites)} | {before:.2f} | {after:.2f} | {before / after:.2f}x | {same}/{len(sources)} |")
+    print_ab(list(decoders), (False, True), times, outputs, ("separate GELU", "fused"),
+             ("GELUs fused", {name: len(found) for name, found in sites.items()}))
 
 
 if __name__ == "__main__":
