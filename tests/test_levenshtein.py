@@ -275,6 +275,7 @@ def test_apply_kernels_empty_batch():
 
 _BAD_FRAMING = [
     ([[PAD, PAD, PAD], [BOS, 5, EOS]], r"all-padding row 0"),
+    ([[], []], r"all-padding row 0"),
     ([[BOS, 5, EOS], [BOS, PAD, EOS]], r"row 1 with a token after its padding"),
     ([[BOS, 5, EOS, PAD], [PAD, BOS, EOS, PAD]], r"row 1 with a token after its padding"),
     ([[BOS, 5, 6], [BOS, 5, EOS]], r"eos \(2\).*row 0 ends in 6"),
@@ -286,10 +287,10 @@ _BAD_FRAMING = [
 def test_apply_bad_framing(backend, rows, message):
     """Framing errors name in_tokens and the first bad row, the same on the kernel and the reference (the
     insertion op does not check bos)."""
-    x = torch.tensor(rows)
+    x = torch.tensor(rows, dtype=torch.long)
     with pytest.raises(ValueError, match=rf"^in_tokens: expected .*{message}"):
         apply_del_words(x, None, None, torch.zeros_like(x), PAD, BOS, EOS)
-    counts = torch.zeros(x.shape[0], x.shape[1] - 1, dtype=torch.long)
+    counts = torch.zeros(x.shape[0], max(x.shape[1] - 1, 0), dtype=torch.long)
     if "bos" in message:
         assert apply_ins_masks(x, None, counts, PAD, UNK, EOS)[0].shape == x.shape
     else:

@@ -72,7 +72,6 @@ std::tuple<at::Tensor, at::Tensor> edit_path_op(const at::Tensor& in_tokens,
   return {slots, deleted};
 }
 
-
 // Framing errors read like the Python checks': "<argument>: expected ..., got ...".
 void check_rows(const Tokens& in, int64_t padding_idx, int64_t bos_idx, int64_t eos_idx) {
   const FramingProblem p = check_framing(in, padding_idx, bos_idx, eos_idx);

@@ -218,8 +218,9 @@ def apply_del_words(in_tokens: Tensor, in_scores: Optional[Tensor], in_attn: Opt
     """Delete the flagged tokens and left-pack each row (width unchanged).
 
     Rows are left-packed: bos, tokens, eos, then padding (anything else fails
-    naming in_tokens). bos and eos are never deleted, padding always is. Scores and attention
-    rows move with their tokens; vacated slots get padding_idx, 0 and 0.
+    naming in_tokens). bos and eos are never deleted, padding always is.
+    Scores and attention rows move with their tokens; vacated slots get
+    padding_idx, 0 and 0.
     Shapes: in_tokens, word_del_pred (B, L); in_scores (B, L); in_attn (B, L, *).
     """
     in_tokens = _check_tokens("in_tokens", in_tokens)
@@ -233,8 +234,8 @@ def apply_del_words(in_tokens: Tensor, in_scores: Optional[Tensor], in_attn: Opt
                        ("in_scores", in_scores), ("in_attn", in_attn))
     for name, value in (("padding_idx", padding_idx), ("bos_idx", bos_idx), ("eos_idx", eos_idx)):
         _check_index(name, value)
-    out_tokens, target = torch.ops.pyprune.lev_apply_del_words(in_tokens, _edits("word_del_pred", word_del_pred), padding_idx,
-                                                               bos_idx, eos_idx)
+    flags = _edits("word_del_pred", word_del_pred)
+    out_tokens, target = torch.ops.pyprune.lev_apply_del_words(in_tokens, flags, padding_idx, bos_idx, eos_idx)
     out_scores = out_attn = None
     if in_scores is not None:
         out_scores = in_scores.new_zeros(B, L + 1).scatter_(1, target, in_scores)[:, :L]
@@ -253,8 +254,9 @@ def apply_ins_masks(in_tokens: Tensor, in_scores: Optional[Tensor], mask_ins_pre
     Rows are left-packed with bos first and eos last, then padding (as
     fairseq's decoder keeps them). Output width: the longest result, which on
     a GPU reads the lengths back to the host; pass max_length to fix the width
-    and avoid that synchronisation (a row that would be longer drops insertions from its end
-    so every input token is kept). Placeholders score 0.
+    and avoid that synchronisation (a row that would be longer drops
+    insertions from its end so every input token is kept). Placeholders
+    score 0.
     """
     in_tokens = _check_tokens("in_tokens", in_tokens)
     B, L = in_tokens.shape
@@ -270,8 +272,9 @@ def apply_ins_masks(in_tokens: Tensor, in_scores: Optional[Tensor], mask_ins_pre
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
                                    or max_length < L):
         fail("max_length", f"None or an int >= in_tokens.size(1) = {L}", max_length)
-    out_tokens, target = torch.ops.pyprune.lev_apply_ins_masks(in_tokens, _edits("mask_ins_pred", mask_ins_pred), padding_idx,
-                                                               unk_idx, eos_idx, max_length)
+    counts = _edits("mask_ins_pred", mask_ins_pred)
+    out_tokens, target = torch.ops.pyprune.lev_apply_ins_masks(in_tokens, counts, padding_idx, unk_idx, eos_idx,
+                                                               max_length)
     out_scores = None
     if in_scores is not None:
         width = out_tokens.shape[1]

@@ -99,10 +99,11 @@ def lev_edit_path(in_tokens: Tensor, out_tokens: Tensor, padding_idx: int) -> tu
 
 
 def check_framing(tokens: Tensor, padding_idx: int, bos_idx: Optional[int], eos_idx: int) -> None:
-    """Rows must be left-packed, start with bos (when given) and end, before their padding, with eos; the
-    checks run in that order over all rows (as the kernels' ``check_framing``). On the host only: on
-    another device nothing is checked (no synchronisation)."""
-    if tokens.device.type != "cpu" or torch.compiler.is_compiling() or tokens.numel() == 0:
+    """Rows must hold a token, be left-packed, end with eos before their padding and start with bos (when
+    given); each check runs over all rows before the next (as the kernels' ``check_framing``), and the
+    first failing row is named. On the host only: on another device nothing is checked (no
+    synchronisation)."""
+    if tokens.device.type != "cpu" or torch.compiler.is_compiling() or tokens.shape[0] == 0:
         return
     present = tokens.ne(padding_idx)
     lengths = present.sum(1)
