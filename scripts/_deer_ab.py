@@ -10,16 +10,21 @@ from pyprune.deer.api import Deer
 from pyprune.deer.cli import _data_dir
 
 
-def setup(doc: str, configure=None):
+def setup(doc: str, configure=None, dtype_option: bool = False):
     """(arguments, the ``Deer`` of RUN_DIR, the first --sentences test sources as token ids), on 2 threads;
-    `configure(parser)` adds a script's own arguments."""
+    `configure(parser)` adds a script's own arguments; `dtype_option`: a --dtype (float32 or bfloat16), given
+    back as the torch dtype."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
     parser.add_argument("--sentences", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    if dtype_option:
+        parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     if configure is not None:
         configure(parser)
     args = parser.parse_args()
+    if dtype_option:
+        args.dtype = getattr(torch, args.dtype)
     torch.set_num_threads(2)
     deer, _ = Deer.load(args.run)
     sources = deer.encode([s for s, _ in read_split(_data_dir("default"), "test")])[:args.sentences]
@@ -59,10 +64,24 @@ def interleaved(run, names, variants, rounds: int, sentences: int):
     return times, outputs
 
 
-def print_ab(names, variants, times, outputs, columns, extra=None) -> None:
-    """The A/B table: per name, the median ms of the two `variants` (headed `columns`), the speed-up and how
-    many outputs stay the same; `extra`: (header, {name: value}) for one more column after the name."""
+def switched(decoders: dict, switch, rounds: int, sentences: int):
+    """``interleaved`` over `decoders` with switch(False) and switch(True) put in place before each decoding,
+    the switch left on after."""
+    try:
+        return interleaved(lambda name, on: switch(on) or decoders[name](), list(decoders), (False, True), rounds,
+                           sentences)
+    finally:
+        switch(True)
+
+
+def print_ab(names, variants, times, outputs, columns, extra=None, dtype=None) -> None:
+    """The A/B table of decodings at batch 1 (captioned with `dtype` when given): per name, the median ms of
+    the two `variants` (headed `columns`), the speed-up and how many outputs stay the same; `extra`: (header,
+    {name: value}) for one more column after the name."""
     a, b = variants
+    rounds, sentences = len(times[names[0], a]), len(outputs[names[0], a])
+    print(f"\n{f'{dtype}, ' if dtype else ''}batch 1, ms per sentence over {sentences} test sentences, median of "
+          f"{rounds} interleaved rounds")
     head = f" {extra[0]} |" if extra else ""
     print(f"| decoding |{head} {columns[0]} ms | {columns[1]} ms | speed-up | outputs unchanged |")
     print("|---|" + ("---:|" if extra else "") + "---:|---:|---:|---:|")
@@ -70,4 +89,4 @@ def print_ab(names, variants, times, outputs, columns, extra=None) -> None:
         before, after = median(times[name, a]), median(times[name, b])
         same = sum(x == y for x, y in zip(outputs[name, a], outputs[name, b]))
         cell = f" {extra[1][name]} |" if extra else ""
-        print(f"| {name} |{cell} {before:.2f} | {after:.2f} | {before / after:.2f}x | {same}/{len(outputs[name, a])} |")
+        print(f"| {name} |{cell} {before:.2f} | {after:.2f} | {before / after:.2f}x | {same}/{sentences} |")

@@ -15,7 +15,7 @@ how many outputs stay the same (all should: the kernels are exact).
 
 import torch
 
-from _deer_ab import deer_decoders, interleaved, median, print_ab, setup
+from _deer_ab import deer_decoders, median, print_ab, setup, switched
 from pyprune import backends
 from pyprune.ops import apply_del_words, apply_ins_masks
 
@@ -37,9 +37,8 @@ def op_table() -> None:
     counts[0, 3] = 2
     calls = {"apply_del_words": lambda: apply_del_words(tokens, None, None, flags, pad, bos, eos),
              "apply_ins_masks": lambda: apply_ins_masks(tokens, None, counts, pad, unk, eos, max_length=24)}
-    times, _ = interleaved(lambda name, on: use_kernels(on) or [calls[name]() for _ in range(500)],
-                           list(calls), (False, True), 7, 500)
-    use_kernels(True)
+    loops = {name: lambda call=call: [call() for _ in range(500)] for name, call in calls.items()}
+    times, _ = switched(loops, use_kernels, 7, 500)
     print("one row of 21 tokens, us per call, median of 7 interleaved loops of 500 calls")
     print("| op | composition us | kernel us | speed-up |")
     print("|---|---:|---:|---:|")
@@ -49,20 +48,15 @@ def op_table() -> None:
 
 
 def main() -> None:
-    args, deer, sources = setup(__doc__, lambda parser: parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16")))
-    dtype = getattr(torch, args.dtype)
+    args, deer, sources = setup(__doc__, dtype_option=True)
     if not all(backends.has_kernel(op, "CPU") for op in KERNELS):
         raise SystemExit("the apply kernels are not built (is the cpp extension built?)")
     with torch.inference_mode():
         op_table()
-        decoders = deer_decoders(deer, sources, dtype, (max(deer.keep_ratios), min(deer.keep_ratios)), (1, 2))
-        times, outputs = interleaved(lambda name, on: use_kernels(on) or decoders[name](),
-                                     list(decoders), (False, True), args.rounds, len(sources))
-    use_kernels(True)
-    print(f"\n{dtype}, batch 1, ms per sentence over {len(sources)} test sentences, median of {args.rounds} "
-          "interleaved rounds")
-    print_ab(list(decoders), (False, True), times, outputs, ("composition", "kernels"))
+        keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
+        decoders = deer_decoders(deer, sources, args.dtype, keeps, (1, 2))
+        times, outputs = switched(decoders, use_kernels, args.rounds, len(sources))
+    print_ab(list(decoders), (False, True), times, outputs, ("composition", "kernels"), dtype=args.dtype)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ same (the two attentions round differently, which can flip a greedy choice).
 import torch
 
 import pyprune.ops.attention as attention
-from _deer_ab import deer_decoders, interleaved, print_ab, setup
+from _deer_ab import deer_decoders, print_ab, setup, switched
 from pyprune.deer.cli import _load_baseline
 from pyprune.deer.model import inference_copy
 
@@ -25,19 +25,14 @@ def use_kernel(on: bool, usable=attention.kernel_usable) -> None:
 
 
 def main() -> None:
-    args, deer, sources = setup(__doc__, lambda parser: parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16")))
-    dtype = getattr(torch, args.dtype)
+    args, deer, sources = setup(__doc__, dtype_option=True)
     baseline = _load_baseline(args.run, deer)
-    ar = None if baseline is None else inference_copy(baseline, dtype)
-    decoders = deer_decoders(deer, sources, dtype, (max(deer.keep_ratios), min(deer.keep_ratios)), (0, 1, 2), ar)
+    ar = None if baseline is None else inference_copy(baseline, args.dtype)
+    keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
+    decoders = deer_decoders(deer, sources, args.dtype, keeps, (0, 1, 2), ar)
     with torch.inference_mode():
-        times, outputs = interleaved(lambda name, kernel: use_kernel(kernel) or decoders[name](),
-                                     list(decoders), (False, True), args.rounds, len(sources))
-    use_kernel(True)
-    print(f"{dtype}, batch 1, ms per sentence over {len(sources)} test sentences, median of {args.rounds} "
-          "interleaved rounds")
-    print_ab(list(decoders), (False, True), times, outputs, ("torch attention", "kernel"))
+        times, outputs = switched(decoders, use_kernel, args.rounds, len(sources))
+    print_ab(list(decoders), (False, True), times, outputs, ("torch attention", "kernel"), dtype=args.dtype)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ def main() -> None:
     with torch.inference_mode():
         times, outputs = interleaved(lambda name, dtype: decoders[dtype][name](), names, DTYPES, args.rounds,
                                      len(sources))
-    print(f"batch 1, ms per sentence over {len(sources)} test sentences, median of {args.rounds} interleaved rounds")
     print_ab(names, DTYPES, times, outputs, ("float32", "bfloat16"))
 
 

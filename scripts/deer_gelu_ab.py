@@ -59,9 +59,8 @@ def layer_table(dtype: torch.dtype) -> None:
 
 
 def main() -> None:
-    args, deer, sources = setup(__doc__, lambda parser: parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16")))
-    dtype = getattr(torch, args.dtype)
+    args, deer, sources = setup(__doc__, dtype_option=True)
+    dtype = args.dtype
     with torch.inference_mode():
         layer_table(dtype)
     baseline = _load_baseline(args.run, deer)
@@ -76,10 +75,8 @@ def main() -> None:
     with torch.inference_mode():
         times, outputs = interleaved(lambda name, fused: set_fused(sites[name], fused) or decoders[name](),
                                      list(decoders), (False, True), args.rounds, len(sources))
-    print(f"\n{dtype}, batch 1, ms per sentence over {len(sources)} test sentences, median of {args.rounds} "
-          "interleaved rounds")
     print_ab(list(decoders), (False, True), times, outputs, ("separate GELU", "fused"),
-             ("GELUs fused", {name: len(found) for name, found in sites.items()}))
+             ("GELUs fused", {name: len(found) for name, found in sites.items()}), dtype)
 
 
 if __name__ == "__main__":

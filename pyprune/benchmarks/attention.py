@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from pyprune.ops import attention_reference
 
-from .common import cli, environment, interleaved_median_ms
+from .common import cli, environment, environment_line, interleaved_median_ms
 
 # (what, batch, heads, queries, keys, head_dim, prefix)
 SHAPES = [
@@ -71,8 +71,7 @@ def run(device: str = "cpu", repeats: int = 7) -> dict:
 
 def format_table(result: dict) -> str:
     env = result["environment"]
-    lines = [f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']} "
-             f"[{env['backends']}] | us per call (median of interleaved loops of {result['calls']} calls), "
+    lines = [f"{environment_line(env)} | us per call (median of interleaved loops of {result['calls']} calls), "
              "without autograd", "",
              "| shape | B x H x Q x K x D (prefix) | dtype | torch SDPA us | kernel us | speed-up | max abs error |",
              "|---|---|---|---:|---:|---:|---:|"]

@@ -25,7 +25,7 @@ from pyprune.sparse import block_sparse_linear, choose_path, expand_mask, layout
 from pyprune.sparse.linear import compact_dense, compact_weight
 from pyprune.sparse.packed import pack_blocks, packed_block_linear
 
-from .common import cli, environment, interleaved_median_ms, median_ms
+from .common import cli, environment, environment_line, interleaved_median_ms, median_ms
 
 CPU_GRID = [(1024, 1024, 1024)]          # (M tokens, K in, N out)
 GPU_GRID = [(m, k, k) for k in (768, 1024, 3072, 4096) for m in (1024, 4096, 16384)]
@@ -83,8 +83,7 @@ def run_inference(device: str = "cpu", repeats: int = 7, dtype=torch.float32) ->
 
 def format_inference_table(result: dict) -> str:
     env = result["environment"]
-    lines = [f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']} "
-             f"[{env['backends']}] | {result['dtype']}, forward without autograd, us per layer call, "
+    lines = [f"{environment_line(env)} | {result['dtype']}, forward without autograd, us per layer call, "
              f"weights cycled through {INFERENCE_WEIGHT_BYTES >> 20} MB", "",
              "| tokens | K x N | density | dense us | compact dense us | packed blocks us | auto us (path) "
              "| dense / packed | dense / auto |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -131,7 +130,7 @@ def format_table(result: dict) -> str:
     head = ["| M x K x N | mask | density | dense ms | masked dense ms | auto ms (path) | auto / masked |"]
     if gpu:
         head = ["| M x K x N | mask | density | dense ms | masked dense ms | auto ms (path) | auto / masked | triton ms |"]
-    lines = [f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']} [{env['backends']}] | "
+    lines = [f"{environment_line(env)} | "
              f"{result['dtype']}, forward + backward", "", *head,
              "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
     for r in result["rows"]:

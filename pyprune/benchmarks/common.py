@@ -96,6 +96,12 @@ def environment(device: str) -> dict[str, str]:
     }
 
 
+def environment_line(env: dict[str, str], backends: bool = True) -> str:
+    """The head of a results table: date, device, torch and pyprune versions (and the backends loaded)."""
+    line = f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']}"
+    return f"{line} [{env['backends']}]" if backends else line
+
+
 def cli(name: str, doc: str, argv, run: Callable[..., dict], format_table: Callable[[dict], str],
         add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
         run_kwargs: Optional[Callable[[argparse.Namespace], dict]] = None) -> int:

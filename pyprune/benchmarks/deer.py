@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import cli, environment, interleaved_median_ms
+from .common import cli, environment, environment_line, interleaved_median_ms
 
 
 def _models(run):
@@ -162,7 +162,7 @@ def _packed_steps(deer, model, baseline, ar_decode, sources) -> list:
 
 def format_table(result: dict) -> str:
     env = result["environment"]
-    lines = [f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']} | "
+    lines = [f"{environment_line(env, backends=False)} | "
              f"{result['model']} | batch 1, ms per sentence over {result['sentences']} test sentences, "
              f"median of {result['rounds']} interleaved rounds", "",
              "| step | anchor | ms | pyprune | ms | speed-up |", "|---|---|---:|---|---:|---:|"]

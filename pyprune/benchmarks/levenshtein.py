@@ -14,7 +14,7 @@ import torch
 
 from pyprune.ops import get_del_targets, get_edit_targets, get_ins_targets, levenshtein_reference
 
-from .common import cli, environment, median_ms
+from .common import cli, environment, environment_line, median_ms
 
 PAD, UNK, BOS, EOS = 1, 3, 0, 2
 
@@ -101,8 +101,7 @@ def format_table(result: dict) -> str:
     gpu = result["rows"][0]["provider"].startswith("pyprune warp")
     key, anchor_name = ("length", "one thread") if gpu else ("vocab", "rapidfuzz")
     shapes = "lengths 60 and 256, vocab 30000" if gpu else "lengths 30-60"
-    lines = [f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']} "
-             f"[{env['backends']}] | B={result['batch']}, {shapes}, 30% random deletions", "",
+    lines = [f"{environment_line(env)} | B={result['batch']}, {shapes}, 30% random deletions", "",
              f"| {key} | provider | us / pair | vs {anchor_name} |", "|---:|---|---:|---:|"]
     for vocab in sorted({r["vocab"] for r in result["rows"]}, reverse=True):
         group = [r for r in result["rows"] if r["vocab"] == vocab]

@@ -15,7 +15,7 @@ import torch
 
 from pyprune.pruning import compact, count_parameters, extract, importance, model_spec
 
-from .common import cli, environment, median_ms
+from .common import cli, environment, environment_line, median_ms
 
 BATCH, TOKENS, RATIO = 8, 128, 2.0
 
@@ -69,7 +69,7 @@ def run(device: str = "cpu", repeats: int = 5, models: tuple[str, ...] = tuple(M
 
 def format_table(result: dict) -> str:
     env = result["environment"]
-    lines = [f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']} | "
+    lines = [f"{environment_line(env, backends=False)} | "
              f"fp32 forward, batch {result['batch']} x {result['tokens']} tokens, uniform ratio 2", "",
              "| model | pruned | params | compacted params (shape) | full ms | compacted ms | speedup |",
              "|---|---|---:|---:|---:|---:|---:|"]

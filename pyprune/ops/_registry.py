@@ -2,8 +2,9 @@
 compiled kernels owning their device when their backend is enabled."""
 from __future__ import annotations
 
+import functools
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -38,18 +39,25 @@ def kernels(device_type: str, reference: ModuleType) -> _Kernels:
     return _Kernels(device_type, reference)
 
 
-def define(name: str, schema: str, body: Callable, reference: ModuleType) -> str:
+def define(name: str, schema: str, body: Callable, reference: ModuleType,
+           kernel_accepts: Optional[Callable[..., bool]] = None) -> str:
     """Define pyprune::name with ``schema``; body(kernels, *args) implements it.
 
     The reference composition is registered for every device; each device with
     a compiled backend gets its own registration that routes to the kernels at
     call time, so backends.disabled() takes effect without re-registering.
+    `kernel_accepts(*args)`: whether the kernels take these arguments (dtypes,
+    say); where it says no, the reference runs on any device.
     """
     qualname = f"pyprune::{name}"
     torch.library.define(qualname, schema)
     torch.library.impl(qualname, "default")(lambda *args: body(reference, *args))
+
+    def routed(*args, _device: str):
+        if kernel_accepts is not None and not kernel_accepts(*args):
+            return body(reference, *args)
+        return body(kernels(_device, reference), *args)
+
     for device_type in DEVICE_BACKENDS:
-        torch.library.impl(qualname, device_type)(
-            lambda *args, _device=device_type: body(kernels(_device, reference), *args)
-        )
+        torch.library.impl(qualname, device_type)(functools.partial(routed, _device=device_type))
     return qualname

@@ -28,16 +28,10 @@ from ._registry import define
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _attention(kernels, q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor], prefix: int,
-               scale: float) -> Tensor:
-    if q.dtype in KERNEL_DTYPES:
-        return kernels.masked_attention(q, k, v, key_valid, prefix, scale)
-    return attention_reference.masked_attention(q, k, v, key_valid, prefix, scale)
-
-
 define("masked_attention",
        "(Tensor q, Tensor k, Tensor v, Tensor? key_valid, int prefix, float scale) -> Tensor",
-       _attention, attention_reference)
+       lambda k, *args: k.masked_attention(*args), attention_reference,
+       kernel_accepts=lambda q, *rest: q.dtype in KERNEL_DTYPES)
 
 
 @torch.library.register_fake("pyprune::masked_attention")

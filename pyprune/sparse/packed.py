@@ -65,16 +65,16 @@ def pack_blocks(weight: Tensor, block_mask: Tensor) -> PackedBlocks:
 ACTIVATIONS = ("none", "gelu")
 
 
-def _linear(kernels, x: Tensor, blocks: Tensor, row_ptr: Tensor, col_index: Tensor,
-            bias: Optional[Tensor], activation: str = "none") -> Tensor:  # (the dispatcher drops defaults)
-    if x.dtype in KERNEL_DTYPES and blocks.dtype == x.dtype and (bias is None or bias.dtype == x.dtype):
-        return kernels.bsr_linear(x, blocks, row_ptr, col_index, bias, activation)
-    return packed_reference.bsr_linear(x, blocks, row_ptr, col_index, bias, activation)
+def _kernel_accepts(x: Tensor, blocks: Tensor, row_ptr: Tensor, col_index: Tensor, bias: Optional[Tensor],
+                    activation: str = "none") -> bool:  # (the dispatcher drops defaults)
+    return x.dtype in KERNEL_DTYPES and blocks.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
 
 
 define("packed_block_linear",
        "(Tensor x, Tensor blocks, Tensor row_ptr, Tensor col_index, Tensor? bias, str activation=\"none\") -> Tensor",
-       _linear, packed_reference)
+       lambda k, x, blocks, row_ptr, col_index, bias, activation="none": k.bsr_linear(
+           x, blocks, row_ptr, col_index, bias, activation),
+       packed_reference, kernel_accepts=_kernel_accepts)
 
 
 @torch.library.register_fake("pyprune::packed_block_linear")
