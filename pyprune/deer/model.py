@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .._memo import unless_recorded
 from .._validation import fail
 from ..nn.packed import PackedLinear, fuse_gelu, pack_linears
+from ..sparse.layout import BLOCK
 from ..sparse.linear import packed_usable
 from ..ops import attention
 
@@ -100,7 +101,7 @@ def pack_for_inference(model: nn.Module) -> int:
 
 def _pad_ffn_widths(model: nn.Module) -> None:
     """Give every BERT-family FFN (``intermediate.dense`` then ``output.dense``, plain linears) whose width
-    is not a multiple of 32 (a compacted sub-network's) zero neurons up to the next multiple: exact (a zero
+    is not a multiple of the 32-wide block (a compacted sub-network's) zero neurons up to the next multiple: exact (a zero
     neuron's activation meets zero weights), and the packed layers then need no padding and slicing per
     call. Only where the packed kernel runs (the model is otherwise left as it is)."""
     for m in model.modules():
@@ -110,7 +111,7 @@ def _pad_ffn_widths(model: nn.Module) -> None:
                 or not packed_usable(first.weight.device, first.weight.dtype)):
             continue
         width = first.out_features
-        extra = -width % 32
+        extra = -width % BLOCK
         if extra == 0 or second.in_features != width:
             continue
         with torch.no_grad():
