@@ -37,7 +37,7 @@ def _exact(x, weight, mask, bias):
 
 
 @pytest.mark.parametrize("kind", MASK_KINDS)
-@pytest.mark.parametrize("tokens", [1, 7, 9, 17])    # every remainder of the 8-row tile occurs
+@pytest.mark.parametrize("tokens", [1, 4, 11, 25])   # tiles of 1, 4, 11 rows; 25 = 9 + 8 + 8
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_packed_linear_against_dense(backend, kind, tokens, with_bias):
     mask = _mask(4, 5, kind)
@@ -132,7 +132,7 @@ def test_every_isa_variant_matches(isa):
         "torch.manual_seed(0); mask = torch.rand(5, 6) < 0.6\n"
         "for dtype, slack in ((torch.float32, 0.0), (torch.bfloat16, 2.0 ** -8)):\n"
         "    w = torch.randn(160, 192).to(dtype); b = torch.randn(160).to(dtype); p = pack_blocks(w, mask)\n"
-        "    for m in (1, 3, 4, 5, 8, 9, 13):\n"
+        "    for m in (1, 3, 4, 5, 8, 9, 12, 13, 25):\n"
         "        x = torch.randn(m, 192).to(dtype)\n"
         "        for act in ('none', 'gelu'):\n"
         "            y = torch.ops.pyprune_C.bsr_linear(x, p.blocks, p.row_ptr, p.col_index, b, act)\n"

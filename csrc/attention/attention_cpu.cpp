@@ -1,15 +1,15 @@
 // Masked attention for decoding (see attention_core.h).
 //
-// Head sizes that are a multiple of 16 (heads_vector, GCC vector types, so
-// each ISA variant of isa_dispatch.h gets its own code): per (batch, head),
+// Head sizes that are a multiple of 16 (heads_vector, GCC vector types at
+// each ISA variant's register width, common/vec.h): per (batch, head),
 // with four or more query rows the keys are widened once into float32
 // scratch transposed (head_dim x keys, padded to 16 keys), and query rows go
-// four at a time against 16 keys, each loaded key vector serving the four;
-// with fewer rows each score is one dot product read in place. Then per row:
-// masking, max, exp, sum (16 partial lanes), and the weighted sum of the v
-// rows that carry weight (float32 v read in place, bfloat16 widened once per
-// pair). Other head sizes run heads_generic, plain loops that GCC vectorises
-// along keys or features.
+// four at a time against one vector of keys, each loaded vector serving the
+// four; with fewer rows each score is one dot product read in place. Then
+// per row: masking, max, exp, sum (in vector lanes), and the weighted sum of
+// the v rows that carry weight (float32 v read in place, bfloat16 widened
+// once per pair). Other head sizes run heads_generic, plain loops that GCC
+// vectorises along keys or features.
 
 // The vector helpers are always inlined into one ISA variant; the ABI note about passing 64-byte vectors
 // between functions does not apply.
@@ -21,68 +21,62 @@
 
 #include "../common/fast_math.h"
 #include "../common/isa_dispatch.h"
-#include "../common/vec16.h"
+#include "../common/vec.h"
 #include "attention_core.h"
 
 namespace pyprune {
 namespace attn {
 namespace {
 
-constexpr int64_t kLanes = 16;
+// Keys padded to a multiple of 16 in the scratch rows: whole vectors at every width.
+constexpr int64_t kKeyPad = 16;
 
-PYPRUNE_INLINE int64_t padded(int64_t keys) { return (keys + kLanes - 1) / kLanes * kLanes; }
+PYPRUNE_INLINE int64_t padded(int64_t keys) { return (keys + kKeyPad - 1) / kKeyPad * kKeyPad; }
 
 // The running maximum after seeing x; a NaN, once seen, stays (it then propagates to the row's output).
 PYPRUNE_INLINE float after(float m, float x) { return x > m || x != x ? x : m; }
 
-typedef float Vec8 __attribute__((vector_size(32)));
-typedef float Vec4 __attribute__((vector_size(16)));
-
-PYPRUNE_INLINE float hsum(Vec16 v) {
-  const Vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const Vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
-
 // Scores of `R` query rows (qf, R x D scaled) against every key, from the transposed keys kt (D x KP):
-// each loaded vector of 16 keys serves the R rows.
-template <int R>
+// each loaded vector of N keys serves the R rows.
+template <int N, int R>
 PYPRUNE_INLINE void scores_transposed(const float* qf, const float* kt, int64_t D, int64_t KP, float* s) {
-  for (int64_t kv = 0; kv < KP; kv += 16) {
-    Vec16 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = Vec16{};
+  using V = VecF<N>;
+  for (int64_t kv = 0; kv < KP; kv += N) {
+    V acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = V{};
     for (int64_t d = 0; d < D; ++d) {
-      const Vec16 keys = load16(kt + d * KP + kv);
+      const V keys = load<V>(kt + d * KP + kv);
       for (int r = 0; r < R; ++r) acc[r] += qf[r * D + d] * keys;
     }
-    for (int r = 0; r < R; ++r) store16(s + r * KP + kv, acc[r]);
+    for (int r = 0; r < R; ++r) store(s + r * KP + kv, acc[r]);
   }
 }
 
 // Turns one row's scores into softmax numerators in place (masked keys: 0); returns their sum, 0 when the
-// row sees no key (NaN scores propagate).
+// row sees no key (NaN scores propagate). Vectors of N lanes (KP is a multiple of 16).
+template <int N>
 PYPRUNE_INLINE float softmax_numerators(float* __restrict s, const uint8_t* valid, int64_t seen, int64_t KP) {
   const float kNegInf = -std::numeric_limits<float>::infinity();
   if (valid != nullptr)
     for (int64_t j = 0; j < seen; ++j) s[j] = valid[j] ? s[j] : kNegInf;
   for (int64_t j = seen; j < KP; ++j) s[j] = kNegInf;
-  Vec16 lanes = Vec16{} + kNegInf;
-  for (int64_t j = 0; j < KP; j += 16) {
-    const Vec16 x = load16(s + j);
+  using V = VecF<N>;
+  V lanes = splat<V>(kNegInf);
+  for (int64_t j = 0; j < KP; j += N) {
+    const V x = load<V>(s + j);
     lanes = (x > lanes) | (x != x) ? x : lanes;
   }
   float m = kNegInf;
-  for (int l = 0; l < 16; ++l) m = after(m, lanes[l]);
+  for (int l = 0; l < N; ++l) m = after(m, lanes[l]);
   if (m == kNegInf) return 0.f;
   for (int64_t j = 0; j < KP; ++j) s[j] = fast_exp(s[j] - m);
-  Vec16 total = Vec16{};
-  for (int64_t j = 0; j < KP; j += 16) total += load16(s + j);
+  V total = V{};
+  for (int64_t j = 0; j < KP; j += N) total += load<V>(s + j);
   return hsum(total);
 }
 
 // Any head size: plain loops (the reference-like path; head sizes that are not a multiple of 16).
-template <typename T>
+template <int N, typename T>
 PYPRUNE_INLINE void heads_generic(const AttentionOf<T>& p, int64_t first, int64_t last, float* scratch) {
   const int64_t D = p.head_dim, K = p.keys, KP = padded(K);
   float* kt = scratch;           // (D, KP): kt[d * KP + j] = k[j][d]
@@ -112,7 +106,7 @@ PYPRUNE_INLINE void heads_generic(const AttentionOf<T>& p, int64_t first, int64_
         for (int64_t j = 0; j < KP; ++j) s[j] += qd * krow[j];
       }
       const int64_t seen = i < p.prefix ? p.prefix : K;  // keys this row sees: [0, seen) where valid
-      const float total = softmax_numerators(s, valid, seen, KP);
+      const float total = softmax_numerators<N>(s, valid, seen, KP);
       for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
       if (total != 0.f) {
         for (int64_t j = 0; j < seen; ++j) {
@@ -129,11 +123,13 @@ PYPRUNE_INLINE void heads_generic(const AttentionOf<T>& p, int64_t first, int64_
   }
 }
 
-// Head sizes that are a multiple of 16 (DV vectors of 16 features; 0: read from p at run time).
-template <int DV, typename T>
+// Head sizes that are a multiple of 16 (D16 groups of 16 features; 0: read from p at run time), in vectors
+// of N lanes.
+template <int N, int D16, typename T>
 PYPRUNE_INLINE void heads_vector(const AttentionOf<T>& p, int64_t first, int64_t last, float* scratch) {
+  using V = VecF<N>;
   constexpr int kRows = 4;
-  const int64_t D = DV ? DV * 16 : p.head_dim, nv = D / 16, K = p.keys, KP = padded(K);
+  const int64_t D = D16 ? D16 * 16 : p.head_dim, nv = D / N, K = p.keys, KP = padded(K);
   float* kt = scratch;           // (D, KP), for kRows or more query rows
   float* vf = kt + D * KP;       // (K, D) widened v (bfloat16)
   float* s = vf + K * D;         // (kRows, KP)
@@ -155,7 +151,7 @@ PYPRUNE_INLINE void heads_vector(const AttentionOf<T>& p, int64_t first, int64_t
     int64_t vstride = p.v_row;
     if (sizeof(T) != sizeof(float)) {
       for (int64_t j = 0; j < K; ++j)
-        for (int64_t c = 0; c < nv; ++c) store16(vf + j * D + 16 * c, load16(vb + j * p.v_row + 16 * c));
+        for (int64_t c = 0; c < nv; ++c) store(vf + j * D + N * c, load<V>(vb + j * p.v_row + N * c));
       vrows = vf;
       vstride = D;
     }
@@ -166,12 +162,12 @@ PYPRUNE_INLINE void heads_vector(const AttentionOf<T>& p, int64_t first, int64_t
         for (int64_t d = 0; d < D; ++d) qf[r * D + d] = to_float(qrow[d]) * p.scale;
       }
       if (transposed && rows == kRows) {
-        scores_transposed<kRows>(qf, kt, D, KP, s);
+        scores_transposed<N, kRows>(qf, kt, D, KP, s);
       } else {  // few rows: one dot product per key, no transposed copy
         for (int64_t r = 0; r < rows; ++r) {
           for (int64_t j = 0; j < K; ++j) {
-            Vec16 acc = Vec16{};
-            for (int64_t c = 0; c < nv; ++c) acc += load16(qf + r * D + 16 * c) * load16(kb + j * p.k_row + 16 * c);
+            V acc = V{};
+            for (int64_t c = 0; c < nv; ++c) acc += load<V>(qf + r * D + N * c) * load<V>(kb + j * p.k_row + N * c);
             s[r * KP + j] = hsum(acc);
           }
         }
@@ -181,46 +177,48 @@ PYPRUNE_INLINE void heads_vector(const AttentionOf<T>& p, int64_t first, int64_t
         T* out = p.out + ((b * p.queries + i) * p.heads + h) * D;
         const int64_t seen = i < p.prefix ? p.prefix : K;
         float* w = s + r * KP;
-        const float total = softmax_numerators(w, valid, seen, KP);
-        Vec16 acc[DV ? DV : 16];
-        for (int64_t c = 0; c < nv; ++c) acc[c] = Vec16{};
+        const float total = softmax_numerators<N>(w, valid, seen, KP);
+        V acc[(D16 ? D16 : 16) * 16 / N];
+        for (int64_t c = 0; c < nv; ++c) acc[c] = V{};
         if (total != 0.f) {
           for (int64_t j = 0; j < seen; ++j) {
             const float wj = w[j];
             if (wj == 0.f) continue;  // masked (or negligible) keys cost nothing
-            for (int64_t c = 0; c < nv; ++c) acc[c] += wj * load16(vrows + j * vstride + 16 * c);
+            for (int64_t c = 0; c < nv; ++c) acc[c] += wj * load<V>(vrows + j * vstride + N * c);
           }
           const float inv = 1.f / total;
           for (int64_t c = 0; c < nv; ++c) acc[c] *= inv;
         }
-        for (int64_t c = 0; c < nv; ++c) store16(out + 16 * c, acc[c]);
+        for (int64_t c = 0; c < nv; ++c) store(out + N * c, acc[c]);
       }
     }
   }
 }
 
-template <typename T>
+template <int N, typename T>
 PYPRUNE_INLINE void heads_impl(const AttentionOf<T>& p, int64_t first, int64_t last, float* scratch) {
-  if (p.head_dim % 16 != 0 || p.head_dim > 256) return heads_generic(p, first, last, scratch);
+  if (p.head_dim % 16 != 0 || p.head_dim > 256) return heads_generic<N>(p, first, last, scratch);
   switch (p.head_dim / 16) {
-    case 2: return heads_vector<2>(p, first, last, scratch);
-    case 4: return heads_vector<4>(p, first, last, scratch);
-    case 8: return heads_vector<8>(p, first, last, scratch);
-    default: return heads_vector<0>(p, first, last, scratch);
+    case 2: return heads_vector<N, 2>(p, first, last, scratch);
+    case 4: return heads_vector<N, 4>(p, first, last, scratch);
+    case 8: return heads_vector<N, 8>(p, first, last, scratch);
+    default: return heads_vector<N, 0>(p, first, last, scratch);
   }
 }
 
+template <int N>
 PYPRUNE_INLINE void heads_f32(const Attention& p, int64_t first, int64_t last, float* scratch) {
-  heads_impl(p, first, last, scratch);
+  heads_impl<N>(p, first, last, scratch);
 }
+template <int N>
 PYPRUNE_INLINE void heads_bf16(const AttentionBf16& p, int64_t first, int64_t last, float* scratch) {
-  heads_impl(p, first, last, scratch);
+  heads_impl<N>(p, first, last, scratch);
 }
 
-PYPRUNE_ISA_VARIANTS(run_f32, (const Attention& p, int64_t first, int64_t last, float* scratch),
-                     (p, first, last, scratch), heads_f32)
-PYPRUNE_ISA_VARIANTS(run_bf16, (const AttentionBf16& p, int64_t first, int64_t last, float* scratch),
-                     (p, first, last, scratch), heads_bf16)
+PYPRUNE_ISA_VARIANTS_LANES(run_f32, (const Attention& p, int64_t first, int64_t last, float* scratch),
+                           (p, first, last, scratch), heads_f32)
+PYPRUNE_ISA_VARIANTS_LANES(run_bf16, (const AttentionBf16& p, int64_t first, int64_t last, float* scratch),
+                           (p, first, last, scratch), heads_bf16)
 
 }  // namespace
 

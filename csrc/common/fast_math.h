@@ -29,8 +29,8 @@ PYPRUNE_INLINE uint32_t float_to_bits(float f) { return __builtin_bit_cast(uint3
 // exp(r) by a degree-6 Taylor polynomial (truncation error r^7/7! < 1.3e-7
 // relative), times 2^n built in the exponent bits. ln2 is split in two parts
 // so that r keeps full precision. `F` is float (with `U` uint32_t) or a GCC
-// vector of floats (with the unsigned vector of the same size: vec16.h's
-// exp16): the same steps, lane by lane.
+// vector of floats (with the unsigned vector of the same size: vec.h's
+// exp_lanes): the same steps, lane by lane.
 template <typename F, typename U>
 PYPRUNE_INLINE F exp_of_clamped(F xc) {
   const float kLog2e = 1.44269504088896341f;

@@ -63,6 +63,14 @@ inline Isa cpu_isa() {
   return isa;
 }
 
+// Each variant's vector register width in float32 lanes, the width its kernels' vectors take (common/vec.h):
+// zmm, ymm, and xmm (or a NEON register where the baseline is not x86).
+namespace native {
+constexpr int kAvx512 = 16;
+constexpr int kAvx2 = 8;
+constexpr int kBase = 4;
+}  // namespace native
+
 }  // namespace pyprune
 
 #ifdef PYPRUNE_X86_DISPATCH
@@ -76,7 +84,21 @@ inline Isa cpu_isa() {
     if (isa == ::pyprune::Isa::kAvx2) return NAME##_avx2 ARGS;                  \
     return NAME##_base ARGS;                                                    \
   }
+
+// The same for a BODY templated on its vector width in float32 lanes: each copy runs BODY<its native width>.
+#define PYPRUNE_ISA_VARIANTS_LANES(NAME, PARAMS, ARGS, BODY)                                    \
+  static void NAME##_base PARAMS { BODY<::pyprune::native::kBase> ARGS; }                       \
+  PYPRUNE_TARGET_AVX2 static void NAME##_avx2 PARAMS { BODY<::pyprune::native::kAvx2> ARGS; }   \
+  PYPRUNE_TARGET_AVX512 static void NAME##_avx512 PARAMS { BODY<::pyprune::native::kAvx512> ARGS; } \
+  static void NAME PARAMS {                                                                     \
+    const ::pyprune::Isa isa = ::pyprune::cpu_isa();                                            \
+    if (isa >= ::pyprune::Isa::kAvx512) return NAME##_avx512 ARGS;                              \
+    if (isa == ::pyprune::Isa::kAvx2) return NAME##_avx2 ARGS;                                  \
+    return NAME##_base ARGS;                                                                    \
+  }
 #else
 #define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY) \
   static void NAME PARAMS { BODY ARGS; }
+#define PYPRUNE_ISA_VARIANTS_LANES(NAME, PARAMS, ARGS, BODY) \
+  static void NAME PARAMS { BODY<::pyprune::native::kBase> ARGS; }
 #endif

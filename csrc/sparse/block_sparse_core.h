@@ -36,7 +36,7 @@ struct ProblemOf {
   const T* bias;            // (out_features) or nullptr
   T* y;                     // (rows, out_features), row stride ldy
   int64_t ldy;
-  Activation activation;    // kGelu: y = gelu(x W^T + bias) in float32 (gelu16, common/vec16.h)
+  Activation activation;    // kGelu: y = gelu(x W^T + bias) in float32 (gelu_lanes, common/vec.h)
 };
 
 using Problem = ProblemOf<float>;

@@ -1,12 +1,15 @@
 // Block-sparse linear on packed 32x32 blocks (see block_sparse_core.h).
 //
 // Register tile: `Tile` token rows x the 32 outputs of one block row, held in
-// 2 * Tile vectors of 16 floats across all the live blocks of that block row;
-// per input feature k the kernel loads the 32 weights W[.., k] once and does
-// one multiply-add per token row. The vectors are GCC vector types, so each
-// ISA variant (isa_dispatch.h) gets its own code: one zmm per vector on
-// AVX-512 (tile 8: 16 accumulators), two ymm on AVX2 (tile 4), four xmm on
-// the baseline (tile 2), always within the 16/32 vector registers.
+// Tile x 32 / N vectors of N floats (N: the ISA variant's register width,
+// common/vec.h) across all the live blocks of that block row; per input
+// feature k the kernel loads the 32 weights W[.., k] once and does one
+// multiply-add per token row. The largest tile per variant was measured
+// (AMD EPYC Zen 4, 2 threads, the DEER encoder's layer shapes): 12 rows on
+// AVX-512 (24 of the 32 zmm registers hold accumulators); on AVX2 3 rows in
+// float32 (12 of 16 ymm) and 4 in bfloat16; on the baseline 2 and 3. Each
+// tile size is its own function (TileTable), and the token rows are split
+// into tiles of near-equal size (balanced, in rows()).
 //
 // bfloat16 runs the same tile on weights and inputs widened to float32 as
 // they are loaded, except on CPUs with AVX512_BF16: there `tile_dot` takes
@@ -15,6 +18,7 @@
 // then hold the outputs in a fixed permuted order, undone once per tile) and
 // does two multiply-adds per lane with vdpbf16ps: twice the float32 rate.
 #include <cstring>
+#include <utility>
 
 // The vector helpers are always inlined into one ISA variant; the ABI note about passing
 // 64-byte vectors between functions does not apply.
@@ -22,7 +26,7 @@
 
 #include "../common/fast_math.h"
 #include "../common/isa_dispatch.h"
-#include "../common/vec16.h"
+#include "../common/vec.h"
 #include "block_sparse_core.h"
 
 #ifdef PYPRUNE_X86_DISPATCH
@@ -33,72 +37,56 @@ namespace pyprune {
 namespace bsr {
 namespace {
 
-// The finished float32 outputs of one tile (bias included) for block row r, token rows [m0, m0 + Tile):
-// activated, then stored (bfloat16: rounded once).
-template <int Tile, typename T>
-PYPRUNE_INLINE void store_tile(const ProblemOf<T>& p, int64_t r, int64_t m0, Vec16 (&out)[Tile][2]) {
+// The finished float32 outputs of one tile (bias included) for block row r, token rows [m0, m0 + Tile), in
+// vectors of V's width: activated, then stored (bfloat16: rounded once).
+template <int Tile, typename T, typename V, int P>
+PYPRUNE_INLINE void store_tile(const ProblemOf<T>& p, int64_t r, int64_t m0, V (&out)[Tile][P]) {
+  static_assert(P * lanes_of<V> == kBlock, "store_tile: one block row of outputs per token row");
   if (p.activation == Activation::kGelu) {
 #pragma GCC unroll 16
-    for (int m = 0; m < Tile; ++m) {
-      out[m][0] = gelu16(out[m][0]);
-      out[m][1] = gelu16(out[m][1]);
-    }
+    for (int m = 0; m < Tile; ++m)
+#pragma GCC unroll 8
+      for (int j = 0; j < P; ++j) out[m][j] = gelu_lanes(out[m][j]);
   }
   T* y = p.y + m0 * p.ldy + r * kBlock;
 #pragma GCC unroll 16
-  for (int m = 0; m < Tile; ++m) {
-    store16(y + m * p.ldy, out[m][0]);
-    store16(y + m * p.ldy + 16, out[m][1]);
-  }
+  for (int m = 0; m < Tile; ++m)
+#pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) store(y + m * p.ldy + j * lanes_of<V>, out[m][j]);
 }
 
-// Outputs of block row r for token rows [m0, m0 + Tile).
-template <int Tile, typename T>
+// Outputs of block row r for token rows [m0, m0 + Tile), in vectors of N lanes.
+template <int Tile, int N, typename T>
 PYPRUNE_INLINE void tile(const ProblemOf<T>& p, int64_t r, int64_t m0) {
-  Vec16 acc[Tile][2];
-  Vec16 low = {}, high = {};
+  using V = VecF<N>;
+  constexpr int P = kBlock / N;  // vectors per row of 32 outputs
+  V acc[Tile][P];
+  V start[P] = {};
   if (p.bias != nullptr) {
-    low = load16(p.bias + r * kBlock);
-    high = load16(p.bias + r * kBlock + 16);
+#pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) start[j] = load<V>(p.bias + r * kBlock + j * N);
   }
 #pragma GCC unroll 16
-  for (int m = 0; m < Tile; ++m) {
-    acc[m][0] = low;
-    acc[m][1] = high;
-  }
+  for (int m = 0; m < Tile; ++m)
+#pragma GCC unroll 8
+    for (int j = 0; j < P; ++j) acc[m][j] = start[j];
   const T* x = p.x + m0 * p.ldx;
   for (int64_t b = p.row_ptr[r]; b < p.row_ptr[r + 1]; ++b) {
     const T* w = p.blocks + b * kBlock * kBlock;
     const T* xc = x + p.col_index[b] * kBlock;
     for (int k = 0; k < kBlock; ++k) {
-      const Vec16 w0 = load16(w + k * kBlock), w1 = load16(w + k * kBlock + 16);
+      V wk[P];
+#pragma GCC unroll 8
+      for (int j = 0; j < P; ++j) wk[j] = load<V>(w + k * kBlock + j * N);
 #pragma GCC unroll 16
       for (int m = 0; m < Tile; ++m) {
         const float s = to_float(xc[m * p.ldx + k]);
-        acc[m][0] += s * w0;
-        acc[m][1] += s * w1;
+#pragma GCC unroll 8
+        for (int j = 0; j < P; ++j) acc[m][j] += s * wk[j];
       }
     }
   }
   store_tile<Tile>(p, r, m0, acc);
-}
-
-// The last rows % Tile token rows, one smaller tile.
-template <int Tile, typename T>
-PYPRUNE_INLINE void remainder(const ProblemOf<T>& p, int64_t r, int64_t m0, int64_t left) {
-  if constexpr (Tile > 1) {
-    if (left == Tile - 1) return tile<Tile - 1>(p, r, m0);
-    return remainder<Tile - 1>(p, r, m0, left);
-  }
-}
-
-template <int Tile, typename T>
-PYPRUNE_INLINE void rows_impl(const ProblemOf<T>& p, int64_t first, int64_t last) {
-  for (int64_t r = first; r < last; ++r) {
-    int64_t m = 0;
-    for (; m + Tile <= p.rows; m += Tile) tile<Tile>(p, r, m);
-    if (m < p.rows) remainder<Tile>(p, r, m, p.rows - m);
-  }
 }
 
 #ifdef PYPRUNE_X86_DISPATCH
@@ -133,8 +121,8 @@ PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void tile_dot(const ProblemBf16& p, int
   const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   Vec16 low = {}, high = {};
   if (p.bias != nullptr) {
-    low = load16(p.bias + r * kBlock);
-    high = load16(p.bias + r * kBlock + 16);
+    low = load<Vec16>(p.bias + r * kBlock);
+    high = load<Vec16>(p.bias + r * kBlock + 16);
   }
   Vec16 out[Tile][2];
 #pragma GCC unroll 16
@@ -145,63 +133,80 @@ PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void tile_dot(const ProblemBf16& p, int
   store_tile<Tile>(p, r, m0, out);
 }
 
-// remainder_dot and rows_bf16_dot mirror remainder and rows_impl: an always-inline function can only
-// inline tile_dot if it carries the AVX512_BF16 target itself, which the shared helpers must not.
-template <int Tile>
-PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void remainder_dot(const ProblemBf16& p, int64_t r, int64_t m0,
-                                                            int64_t left) {
-  if constexpr (Tile > 1) {
-    if (left == Tile - 1) return tile_dot<Tile - 1>(p, r, m0);
-    return remainder_dot<Tile - 1>(p, r, m0, left);
-  }
-}
 #endif
+
+// One function per ISA variant and tile size, each compiled on its own (noinline). Inlined together into one
+// function per variant, GCC kept the accumulators of some tile sizes in memory (AVX-512 float32, tiles of 4
+// to 7 rows: a load and a store around every multiply-add, up to 1.9x slower); alone, every size keeps
+// them in registers.
+template <typename T>
+using TileKernel = void (*)(const ProblemOf<T>&, int64_t, int64_t);
+
+#define PYPRUNE_TILE_VARIANT(NAME, TARGET, BODY)                                        \
+  struct NAME {                                                                         \
+    template <int Tile, typename T>                                                     \
+    TARGET __attribute__((noinline)) static void run(const ProblemOf<T>& p, int64_t r, \
+                                                     int64_t m0) {                      \
+      BODY(p, r, m0);                                                                   \
+    }                                                                                   \
+  };
+
+#define PYPRUNE_NO_TARGET
+PYPRUNE_TILE_VARIANT(BaseTiles, PYPRUNE_NO_TARGET, (tile<Tile, native::kBase>))
+#ifdef PYPRUNE_X86_DISPATCH
+PYPRUNE_TILE_VARIANT(Avx2Tiles, PYPRUNE_TARGET_AVX2, (tile<Tile, native::kAvx2>))
+PYPRUNE_TILE_VARIANT(Avx512Tiles, PYPRUNE_TARGET_AVX512, (tile<Tile, native::kAvx512>))
+PYPRUNE_TILE_VARIANT(DotTiles, PYPRUNE_TARGET_AVX512BF16, tile_dot<Tile>)
+#endif
+#undef PYPRUNE_TILE_VARIANT
+#undef PYPRUNE_NO_TARGET
+
+// A variant's kernels for tiles of 1 .. MaxTile rows (entry size - 1).
+template <typename Variant, typename T, int MaxTile>
+struct TileTable {
+  TileKernel<T> kernels[MaxTile];
+};
+
+template <typename Variant, typename T, int... Sizes>
+constexpr TileTable<Variant, T, sizeof...(Sizes)> tile_table(std::integer_sequence<int, Sizes...>) {
+  return {{&Variant::template run<Sizes + 1, T>...}};
+}
+
+// The token rows go in the fewest tiles of at most MaxTile rows, of sizes that differ by at most one (20
+// rows with MaxTile 12: 10 + 10, not 12 + 8): every tile re-reads the block row's weights, and a tile much
+// smaller than the others does as many weight loads per multiply-add as they do for fewer rows.
+template <typename Variant, typename T, int MaxTile>
+void rows(const ProblemOf<T>& p, int64_t first, int64_t last) {
+  static constexpr auto table = tile_table<Variant, T>(std::make_integer_sequence<int, MaxTile>{});
+  if (p.rows <= 0) return;
+  const int64_t tiles = (p.rows + MaxTile - 1) / MaxTile, base = p.rows / tiles, larger = p.rows % tiles;
+  for (int64_t r = first; r < last; ++r)
+    for (int64_t t = 0, m = 0; t < tiles; ++t) {
+      const int64_t size = base + (t < larger ? 1 : 0);
+      table.kernels[size - 1](p, r, m);
+      m += size;
+    }
+}
 
 }  // namespace
-
-#ifdef PYPRUNE_X86_DISPATCH
-PYPRUNE_TARGET_AVX512 static void rows_avx512(const Problem& p, int64_t first, int64_t last) {
-  rows_impl<8>(p, first, last);
-}
-PYPRUNE_TARGET_AVX2 static void rows_avx2(const Problem& p, int64_t first, int64_t last) {
-  rows_impl<4>(p, first, last);
-}
-PYPRUNE_TARGET_AVX512 static void rows_bf16_avx512(const ProblemBf16& p, int64_t first, int64_t last) {
-  rows_impl<8>(p, first, last);
-}
-PYPRUNE_TARGET_AVX2 static void rows_bf16_avx2(const ProblemBf16& p, int64_t first, int64_t last) {
-  rows_impl<4>(p, first, last);
-}
-PYPRUNE_TARGET_AVX512BF16 static void rows_bf16_dot(const ProblemBf16& p, int64_t first, int64_t last) {
-  constexpr int kTile = 8;
-  for (int64_t r = first; r < last; ++r) {
-    int64_t m = 0;
-    for (; m + kTile <= p.rows; m += kTile) tile_dot<kTile>(p, r, m);
-    if (m < p.rows) remainder_dot<kTile>(p, r, m, p.rows - m);
-  }
-}
-#endif
-
-static void rows_base(const Problem& p, int64_t first, int64_t last) { rows_impl<2>(p, first, last); }
-static void rows_bf16_base(const ProblemBf16& p, int64_t first, int64_t last) { rows_impl<2>(p, first, last); }
 
 void linear_rows(const Problem& p, int64_t first, int64_t last) {
 #ifdef PYPRUNE_X86_DISPATCH
   const Isa isa = cpu_isa();
-  if (isa >= Isa::kAvx512) return rows_avx512(p, first, last);
-  if (isa == Isa::kAvx2) return rows_avx2(p, first, last);
+  if (isa >= Isa::kAvx512) return rows<Avx512Tiles, float, 12>(p, first, last);
+  if (isa == Isa::kAvx2) return rows<Avx2Tiles, float, 3>(p, first, last);
 #endif
-  rows_base(p, first, last);
+  rows<BaseTiles, float, 2>(p, first, last);
 }
 
 void linear_rows_bf16(const ProblemBf16& p, int64_t first, int64_t last) {
 #ifdef PYPRUNE_X86_DISPATCH
   const Isa isa = cpu_isa();
-  if (isa == Isa::kAvx512Bf16) return rows_bf16_dot(p, first, last);
-  if (isa == Isa::kAvx512) return rows_bf16_avx512(p, first, last);
-  if (isa == Isa::kAvx2) return rows_bf16_avx2(p, first, last);
+  if (isa == Isa::kAvx512Bf16) return rows<DotTiles, uint16_t, 12>(p, first, last);
+  if (isa == Isa::kAvx512) return rows<Avx512Tiles, uint16_t, 12>(p, first, last);
+  if (isa == Isa::kAvx2) return rows<Avx2Tiles, uint16_t, 4>(p, first, last);
 #endif
-  rows_bf16_base(p, first, last);
+  rows<BaseTiles, uint16_t, 3>(p, first, last);
 }
 
 }  // namespace bsr

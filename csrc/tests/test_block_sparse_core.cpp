@@ -15,10 +15,10 @@
 
 #include "check.h"
 
-// gelu16 takes and returns vectors inside this file only: the ABI note does not apply.
+// gelu_lanes takes and returns vectors inside this file only: the ABI note does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#include "../common/vec16.h"
+#include "../common/vec.h"
 #include "../sparse/block_sparse_core.h"
 
 using namespace pyprune::bsr;
@@ -138,11 +138,11 @@ static void bf16_rounding() {
   }
 }
 
-// pyprune::gelu16 against the exact erf on a dense grid (absolute error within 2e-7 max(1, |x|)), and its
+// pyprune::gelu_lanes against the exact erf on a dense grid (absolute error within 2e-7 max(1, |x|)), and its
 // special values: +inf, -inf (NaN, as torch), NaN, and the precision of tiny negative outputs.
 static float gelu1(float x) {
   float lanes[16];
-  const pyprune::Vec16 v = pyprune::gelu16(pyprune::splat16(x));
+  const pyprune::Vec16 v = pyprune::gelu_lanes(pyprune::splat<pyprune::Vec16>(x));
   std::memcpy(lanes, &v, sizeof lanes);
   return lanes[7];
 }
@@ -152,7 +152,7 @@ static void gelu_function() {
   for (int i = -200000; i <= 200000; i += 16) {
     float xs[16], ys[16];
     for (int j = 0; j < 16; ++j) xs[j] = (i + j) * 1e-4f;
-    const pyprune::Vec16 y = pyprune::gelu16(pyprune::load16(xs));
+    const pyprune::Vec16 y = pyprune::gelu_lanes(pyprune::load<pyprune::Vec16>(xs));
     std::memcpy(ys, &y, sizeof ys);
     for (int j = 0; j < 16; ++j)
       worst = std::fmax(worst, std::fabs(ys[j] - exact_gelu(xs[j])) / std::fmax(1.0, std::fabs(xs[j])));
@@ -171,7 +171,9 @@ static void gelu_function() {
 
 int main() {
   std::mt19937 gen(7);
-  for (int64_t rows : {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 40})
+  // Every tile size of every variant (up to 12 rows on AVX-512) alone, and split into near-equal tiles
+  // (13 = 7 + 6, 23 = 12 + 11, 25 = 9 + 8 + 8, 40 = 4 x 10).
+  for (int64_t rows : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 23, 24, 25, 40})
     for (double density : {0.0, 0.3, 0.7, 1.0})
       for (bool bias : {false, true})
         for (Activation activation : {Activation::kNone, Activation::kGelu}) {

@@ -61,7 +61,7 @@ def pack_blocks(weight: Tensor, block_mask: Tensor) -> PackedBlocks:
 
 
 # What the kernel can apply to its outputs: "gelu" is torch's exact GELU (approximate="none"), computed in
-# float32 with an erf within 1.5e-7 (gelu16 in csrc/common/vec16.h) before the one rounding.
+# float32 with an erf within 1.5e-7 (gelu_lanes in csrc/common/vec.h) before the one rounding.
 ACTIVATIONS = ("none", "gelu")
 
 
