@@ -93,13 +93,18 @@ def environment(device: str) -> dict[str, str]:
         "pyprune": pyprune.__version__,
         "backends": ", ".join(name for name, on in pyprune.backends.summary().items() if on) or "reference only",
         "python": platform.python_version(),
+        "cpu_isa": str(pyprune.backends.cpu_isa()),
     }
 
 
 def environment_line(env: dict[str, str], backends: bool = True) -> str:
-    """The head of a results table: date, device, torch and pyprune versions (and the backends loaded)."""
+    """The head of a results table: date, device, torch and pyprune versions (and the backends loaded, with the
+    instruction-set variant the C++ CPU kernels ran on where the results record it)."""
     line = f"{env['date']} | {env['device']} | torch {env['torch']} | pyprune {env['pyprune']}"
-    return f"{line} [{env['backends']}]" if backends else line
+    if not backends:
+        return line
+    isa = env.get("cpu_isa", "None")
+    return f"{line} [{env['backends']}{'' if isa == 'None' else f'; CPU kernels: {isa}'}]"
 
 
 def cli(name: str, doc: str, argv, run: Callable[..., dict], format_table: Callable[[dict], str],

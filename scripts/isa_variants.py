@@ -1,0 +1,87 @@
+"""The C++ CPU kernels' instruction-set variants against torch, at DEER's decoding shapes.
+
+    python scripts/isa_variants.py [--repeats 7]
+
+For each variant this CPU can run (PYPRUNE_CPU_ISA caps the choice: base,
+avx2, avx512, avx512bf16; each in a fresh process, as the variant is chosen
+once per process), in float32 on 2 threads: the packed linear kernel
+(``pyprune_C::bsr_linear``, every block live) on a 20-token edit pass's FFN
+layer (384 -> 1536) and on a one-token step (1536 -> 384), against torch's
+``F.linear`` on the same dense weight; and the decoding attention kernel
+(``pyprune_C::masked_attention``, 12 heads of 32, 20 query rows against 40
+keys) against torch's ``scaled_dot_product_attention``. The anchor is torch in
+the same process, which runs its own code at the CPU's full width whatever the
+cap, so the ratio shows how each of our variants fares against it. Median of
+`repeats` interleaved loops, us per call.
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import json, time, torch
+import torch.nn.functional as F
+from pyprune import backends
+from pyprune.sparse.packed import pack_blocks
+torch.manual_seed(0)
+torch.set_num_threads(2)
+repeats = int(REPEATS)
+
+def interleaved(fns, calls=50):
+    times = [[] for _ in fns]
+    for f in fns:
+        f()
+    for _ in range(repeats):
+        for t, f in zip(times, fns):
+            start = time.perf_counter()
+            for _ in range(calls):
+                f()
+            t.append((time.perf_counter() - start) / calls * 1e6)
+    return [sorted(t)[len(t) // 2] for t in times]
+
+rows = []
+for name, tokens, n, k in (("linear 20 x 384 -> 1536", 20, 1536, 384), ("linear 1 x 1536 -> 384", 1, 384, 1536)):
+    w, x = torch.randn(n, k), torch.randn(tokens, k)
+    p = pack_blocks(w, torch.ones(n // 32, k // 32, dtype=torch.bool))
+    ours, theirs = interleaved([lambda: torch.ops.pyprune_C.bsr_linear(x, p.blocks, p.row_ptr, p.col_index, None, "none"),
+                                lambda: F.linear(x, w)])
+    rows.append((name, ours, theirs))
+q, k, v = torch.randn(1, 12, 20, 32), torch.randn(1, 12, 40, 32), torch.randn(1, 12, 40, 32)
+valid = torch.ones(1, 40, dtype=torch.bool)
+ours, theirs = interleaved([lambda: torch.ops.pyprune_C.masked_attention(q, k, v, valid, 0, 32 ** -0.5),
+                            lambda: F.scaled_dot_product_attention(q, k, v)])
+rows.append(("attention 12 x 32, 20 x 40", ours, theirs))
+print(json.dumps({"isa": backends.cpu_isa(), "rows": rows}))
+"""
+
+LEVELS = ("base", "avx2", "avx512", "avx512bf16")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    import json
+
+    from pyprune import backends
+    if backends.cpu_isa() is None:
+        sys.exit("isa_variants: the C++ extension is not built")
+    print("| variant | kernel | ours us | torch us | torch / ours |")
+    print("|---|---|---:|---:|---:|")
+    seen = set()
+    for level in LEVELS:
+        env = dict(os.environ, PYPRUNE_CPU_ISA=level)
+        out = subprocess.run([sys.executable, "-c", CHILD.replace("REPEATS", str(args.repeats))], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        if result["isa"] in seen:          # the CPU lacks this level: the cap fell back to one already shown
+            continue
+        seen.add(result["isa"])
+        for name, ours, theirs in result["rows"]:
+            print(f"| {result['isa']} | {name} | {ours:.1f} | {theirs:.1f} | {theirs / ours:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
