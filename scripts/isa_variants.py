@@ -15,6 +15,7 @@ cap, so the ratio shows how each of our variants fares against it. Median of
 `repeats` interleaved loops, us per call.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -62,8 +63,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    import json
-
     from pyprune import backends
     if backends.cpu_isa() is None:
         sys.exit("isa_variants: the C++ extension is not built")

@@ -5,11 +5,11 @@
 // common/vec.h) across all the live blocks of that block row; per input
 // feature k the kernel loads the 32 weights W[.., k] once and does one
 // multiply-add per token row. The largest tile per variant was measured
-// (AMD EPYC Zen 4, 2 threads, the DEER encoder's layer shapes): 12 rows on
-// AVX-512 (24 of the 32 zmm registers hold accumulators); on AVX2 3 rows in
-// float32 (12 of 16 ymm) and 4 in bfloat16; on the baseline 2 and 3. Each
-// tile size is its own function (TileTable), and the token rows are split
-// into tiles of near-equal size (balanced, in rows()).
+// (AMD EPYC with AVX512_BF16, 2 threads, the DEER encoder's layer shapes):
+// 12 rows on AVX-512 (24 of the 32 zmm registers hold accumulators); on
+// AVX2 3 rows in float32 (12 of 16 ymm) and 4 in bfloat16; on the baseline
+// 2 and 3. Each tile size is its own function (TileTable), and the token
+// rows are split into tiles of near-equal size (rows()).
 //
 // bfloat16 runs the same tile on weights and inputs widened to float32 as
 // they are loaded, except on CPUs with AVX512_BF16: there `tile_dot` takes
