@@ -21,25 +21,21 @@ import subprocess
 import sys
 
 CHILD = r"""
-import json, time, torch
+import json, torch
 import torch.nn.functional as F
 from pyprune import backends
+from pyprune.benchmarks.common import interleaved_median_ms
 from pyprune.sparse.packed import pack_blocks
 torch.manual_seed(0)
 torch.set_num_threads(2)
-repeats = int(REPEATS)
+CALLS = 50
 
-def interleaved(fns, calls=50):
-    times = [[] for _ in fns]
+def interleaved(fns):
+    # us per call: the median of REPEATS interleaved loops of CALLS calls, after one warm-up call each.
     for f in fns:
         f()
-    for _ in range(repeats):
-        for t, f in zip(times, fns):
-            start = time.perf_counter()
-            for _ in range(calls):
-                f()
-            t.append((time.perf_counter() - start) / calls * 1e6)
-    return [sorted(t)[len(t) // 2] for t in times]
+    loops = [lambda f=f: [f() for _ in range(CALLS)] for f in fns]
+    return [ms * 1e3 / CALLS for ms in interleaved_median_ms(loops, "cpu", repeats=REPEATS)]
 
 rows = []
 for name, tokens, n, k in (("linear 20 x 384 -> 1536", 20, 1536, 384), ("linear 1 x 1536 -> 384", 1, 384, 1536)):

@@ -12,21 +12,16 @@ import pyprune
 from helpers import ISA_VARIANTS, assert_prints_ok
 
 SCRIPT = """
-import time, torch
+import torch
 import torch.nn.functional as F
+from pyprune.benchmarks.common import interleaved_median_ms
 from pyprune.sparse.packed import pack_blocks
 torch.manual_seed(0)
 torch.set_num_threads(1)
 
-def median_us(f, loops=7, calls=20):
+def loop(f, calls=20):
     f()
-    times = []
-    for _ in range(loops):
-        start = time.perf_counter()
-        for _ in range(calls):
-            f()
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return sorted(times)[loops // 2]
+    return lambda: [f() for _ in range(calls)]
 
 w, x = torch.randn(1536, 384), torch.randn(20, 384)
 p = pack_blocks(w, torch.ones(48, 12, dtype=torch.bool))
@@ -39,8 +34,9 @@ pairs = {
                          lambda: F.scaled_dot_product_attention(q, k, v)),
 }
 for name, (ours, torchs) in pairs.items():
-    # Interleaved, best of three rounds of medians: a slow stretch of the machine hits both alike.
-    ratio = min(median_us(ours) / median_us(torchs) for _ in range(3))
+    # Interleaved loops (a slow stretch of the machine hits both alike), the best of three rounds of medians.
+    ratio = min(a / b for a, b in (interleaved_median_ms([loop(ours), loop(torchs)], "cpu", repeats=7)
+                                   for _ in range(3)))
     assert ratio <= 4.0, f"{name}: {ratio:.1f}x torch's time"
 print("ok")
 """

@@ -206,19 +206,10 @@ PYPRUNE_INLINE void heads_impl(const AttentionOf<T>& p, int64_t first, int64_t l
   }
 }
 
-template <int N>
-PYPRUNE_INLINE void heads_f32(const Attention& p, int64_t first, int64_t last, float* scratch) {
-  heads_impl<N>(p, first, last, scratch);
-}
-template <int N>
-PYPRUNE_INLINE void heads_bf16(const AttentionBf16& p, int64_t first, int64_t last, float* scratch) {
-  heads_impl<N>(p, first, last, scratch);
-}
-
 PYPRUNE_ISA_VARIANTS_LANES(run_f32, (const Attention& p, int64_t first, int64_t last, float* scratch),
-                           (p, first, last, scratch), heads_f32)
+                           (p, first, last, scratch), heads_impl)
 PYPRUNE_ISA_VARIANTS_LANES(run_bf16, (const AttentionBf16& p, int64_t first, int64_t last, float* scratch),
-                           (p, first, last, scratch), heads_bf16)
+                           (p, first, last, scratch), heads_impl)
 
 }  // namespace
 

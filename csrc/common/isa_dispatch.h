@@ -74,28 +74,27 @@ constexpr int kBase = 4;
 }  // namespace pyprune
 
 #ifdef PYPRUNE_X86_DISPATCH
-#define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY)                          \
-  static void NAME##_base PARAMS { BODY ARGS; }                                 \
-  PYPRUNE_TARGET_AVX2 static void NAME##_avx2 PARAMS { BODY ARGS; }             \
-  PYPRUNE_TARGET_AVX512 static void NAME##_avx512 PARAMS { BODY ARGS; }         \
-  static void NAME PARAMS {                                                     \
-    const ::pyprune::Isa isa = ::pyprune::cpu_isa();                            \
-    if (isa >= ::pyprune::Isa::kAvx512) return NAME##_avx512 ARGS;              \
-    if (isa == ::pyprune::Isa::kAvx2) return NAME##_avx2 ARGS;                  \
-    return NAME##_base ARGS;                                                    \
+// NAME calling the copy of its three (NAME_base, NAME_avx2, NAME_avx512) that the CPU runs.
+#define PYPRUNE_ISA_DISPATCH(NAME, PARAMS, ARGS)                     \
+  static void NAME PARAMS {                                          \
+    const ::pyprune::Isa isa = ::pyprune::cpu_isa();                 \
+    if (isa >= ::pyprune::Isa::kAvx512) return NAME##_avx512 ARGS;   \
+    if (isa == ::pyprune::Isa::kAvx2) return NAME##_avx2 ARGS;       \
+    return NAME##_base ARGS;                                         \
   }
 
+#define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY)                  \
+  static void NAME##_base PARAMS { BODY ARGS; }                         \
+  PYPRUNE_TARGET_AVX2 static void NAME##_avx2 PARAMS { BODY ARGS; }     \
+  PYPRUNE_TARGET_AVX512 static void NAME##_avx512 PARAMS { BODY ARGS; } \
+  PYPRUNE_ISA_DISPATCH(NAME, PARAMS, ARGS)
+
 // The same for a BODY templated on its vector width in float32 lanes: each copy runs BODY<its native width>.
-#define PYPRUNE_ISA_VARIANTS_LANES(NAME, PARAMS, ARGS, BODY)                                    \
-  static void NAME##_base PARAMS { BODY<::pyprune::native::kBase> ARGS; }                       \
-  PYPRUNE_TARGET_AVX2 static void NAME##_avx2 PARAMS { BODY<::pyprune::native::kAvx2> ARGS; }   \
-  PYPRUNE_TARGET_AVX512 static void NAME##_avx512 PARAMS { BODY<::pyprune::native::kAvx512> ARGS; } \
-  static void NAME PARAMS {                                                                     \
-    const ::pyprune::Isa isa = ::pyprune::cpu_isa();                                            \
-    if (isa >= ::pyprune::Isa::kAvx512) return NAME##_avx512 ARGS;                              \
-    if (isa == ::pyprune::Isa::kAvx2) return NAME##_avx2 ARGS;                                  \
-    return NAME##_base ARGS;                                                                    \
-  }
+#define PYPRUNE_ISA_VARIANTS_LANES(NAME, PARAMS, ARGS, BODY)                                          \
+  static void NAME##_base PARAMS { BODY<::pyprune::native::kBase> ARGS; }                             \
+  PYPRUNE_TARGET_AVX2 static void NAME##_avx2 PARAMS { BODY<::pyprune::native::kAvx2> ARGS; }         \
+  PYPRUNE_TARGET_AVX512 static void NAME##_avx512 PARAMS { BODY<::pyprune::native::kAvx512> ARGS; }   \
+  PYPRUNE_ISA_DISPATCH(NAME, PARAMS, ARGS)
 #else
 #define PYPRUNE_ISA_VARIANTS(NAME, PARAMS, ARGS, BODY) \
   static void NAME PARAMS { BODY ARGS; }

@@ -17,6 +17,7 @@
 // weights into (k, k+1) pairs in registers (unpacklo/hi: the accumulators
 // then hold the outputs in a fixed permuted order, undone once per tile) and
 // does two multiply-adds per lane with vdpbf16ps: twice the float32 rate.
+#include <array>
 #include <cstring>
 #include <utility>
 
@@ -161,15 +162,10 @@ PYPRUNE_TILE_VARIANT(DotTiles, PYPRUNE_TARGET_AVX512BF16, tile_dot<Tile>)
 #undef PYPRUNE_TILE_VARIANT
 #undef PYPRUNE_NO_TARGET
 
-// A variant's kernels for tiles of 1 .. MaxTile rows (entry size - 1).
-template <typename Variant, typename T, int MaxTile>
-struct TileTable {
-  TileKernel<T> kernels[MaxTile];
-};
-
+// A variant's kernels for tiles of 1 .. sizeof...(Sizes) rows (entry size - 1).
 template <typename Variant, typename T, int... Sizes>
-constexpr TileTable<Variant, T, sizeof...(Sizes)> tile_table(std::integer_sequence<int, Sizes...>) {
-  return {{&Variant::template run<Sizes + 1, T>...}};
+constexpr std::array<TileKernel<T>, sizeof...(Sizes)> tile_table(std::integer_sequence<int, Sizes...>) {
+  return {&Variant::template run<Sizes + 1, T>...};
 }
 
 // The token rows go in the fewest tiles of at most MaxTile rows, of sizes that differ by at most one (20
@@ -183,7 +179,7 @@ void rows(const ProblemOf<T>& p, int64_t first, int64_t last) {
   for (int64_t r = first; r < last; ++r)
     for (int64_t t = 0, m = 0; t < tiles; ++t) {
       const int64_t size = base + (t < larger ? 1 : 0);
-      table.kernels[size - 1](p, r, m);
+      table[size - 1](p, r, m);
       m += size;
     }
 }

@@ -1,7 +1,8 @@
 // Native tests of the packed block-sparse linear core against a plain triple
 // loop over the dense weight: random masks (with empty block rows and
-// columns), token counts that leave every tile remainder, a row stride wider
-// than the features, with and without bias, and a range of block rows alone;
+// columns), token counts that run every tile size alone and split, a row
+// stride wider than the features, with and without bias, and a range of
+// block rows alone;
 // float32 and bfloat16 (whose outputs must be the exact sum rounded once, up
 // to float32 summation order), plus bfloat16 rounding ties and NaN; the GELU
 // epilogue against the exact erf, and the GELU function itself on a dense grid.
