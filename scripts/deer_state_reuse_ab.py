@@ -35,7 +35,8 @@ def main() -> None:
                 if round_ == 0:
                     count = []
                     decode = model.decode_target
-                    model.decode_target = lambda cache, tokens, decode=decode: count.append(1) or decode(cache, tokens)
+                    model.decode_target = (lambda cache, tokens, decode=decode, **rows:
+                                           count.append(1) or decode(cache, tokens, **rows))
                     outputs[reuse, keep] = generate.generate_ids(model, sources, max_iter=2, batch_size=1, **penalties)
                     passes[reuse, keep] = len(count)
                     del model.decode_target

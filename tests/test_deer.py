@@ -113,6 +113,30 @@ def test_one_pass_over_source_and_target_equals_two(tokenizer):
         model.encode_with_target(sources, targets[:2])
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_decoding_chosen_rows_equals_picking_them_from_every_row(tokenizer, grad):
+    # decode_target(rows=...) runs its last layer on those rows only (on the attention kernel without
+    # autograd, torch's with it); rows of different counts per batch row, one row with none.
+    deer = make(tokenizer)
+    model = deer.model.train(grad)
+    sources, targets = batch(deer)
+    rows = torch.zeros_like(targets, dtype=torch.bool)
+    rows[0, [1, 2, 3, 5]] = rows[2, [0, 4]] = True
+    with torch.set_grad_enabled(grad):
+        cache = model.encode_source(sources)
+        everywhere = model.decode_target(cache, targets)
+        chosen = model.decode_target(cache, targets, rows=rows)
+        none = model.decode_target(cache, targets, rows=torch.zeros_like(rows))
+    torch.testing.assert_close(chosen, everywhere[rows], atol=1e-5, rtol=1e-5)
+    assert none.shape == (0, everywhere.shape[-1])
+    if grad:
+        chosen.sum().backward()
+        assert model.encoder.encoder.layer[-1].output.dense.weight.grad.abs().sum() > 0
+    for bad in (rows[:, 1:], rows.long()):
+        with pytest.raises(ValueError, match="rows"):
+            model.decode_target(cache, targets, rows=bad)
+
+
 @pytest.mark.skipif(not pyprune.backends.has_kernel("masked_attention", "CPU"), reason="the cpp extension is not built")
 def test_decoding_passes_on_the_attention_kernel_equal_the_joint_pass(tokenizer, monkeypatch):
     """Without autograd the cached passes run pyprune_C::masked_attention (the CTC pass with its source-prefix
@@ -157,7 +181,8 @@ def test_an_iteration_that_only_deleted_hands_its_states_to_the_next(tokenizer, 
     model, ids = deer.sub_network(1.0), deer.encode(SOURCES)
     passes = []
     decode = model.decode_target
-    monkeypatch.setattr(model, "decode_target", lambda cache, tokens: passes.append(1) or decode(cache, tokens))
+    monkeypatch.setattr(model, "decode_target",
+                        lambda cache, tokens, **rows: passes.append(1) or decode(cache, tokens, **rows))
     options = dict(max_iter=3, batch_size=3, adaptive=adaptive, deletion_penalty=-0.3, insertion_penalty=1e4)
     reused = generate_ids(model, ids, **options)
     with_reuse = len(passes)

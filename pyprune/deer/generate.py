@@ -112,7 +112,7 @@ def fill_words(model: DeerModel, cache, tokens: Tensor) -> Tensor:
     holes = tokens.eq(model.config.mask_id)
     if not bool(holes.any()):
         return tokens
-    h = model.decode_target(cache, tokens)[holes]            # vocabulary logits only where a word goes
+    h = model.decode_target(cache, tokens, rows=holes)       # states and vocabulary logits only where a word goes
     words = torch.zeros_like(tokens)
     words[holes] = model.to_tokens(model.vocab_logits(h)[:, 1:].argmax(-1) + 1)
     filled, _ = apply_ins_words(tokens, None, words, None, model.config.mask_id)

@@ -177,16 +177,16 @@ class DeerObjective(nn.Module):
         losses["placeholder"] = F.cross_entropy(plh, insert_counts[gaps].clamp(max=c.max_placeholders - 1),
                                                 label_smoothing=cfg.placeholder_smoothing)
 
-        h = model.decode_target(cache, masked_tokens)
+        h = model.decode_target(cache, masked_tokens, rows=masked)       # the placeholders' states only
         words = model.vocab_logits(h, matrix)[..., 1:]         # no blank among insertions
         if bool(masked.any()):
-            losses["insertion"] = F.cross_entropy(words[masked], model.to_output(targets[masked]) - 1,
+            losses["insertion"] = F.cross_entropy(words, model.to_output(targets[masked]) - 1,
                                                   label_smoothing=cfg.insertion_smoothing)
         else:
             losses["insertion"] = words.sum() * 0.0
         if not use_drafts:
-            filled = model.to_tokens(words.detach().argmax(-1) + 1)
-            deletion_input = torch.where(masked, filled, masked_tokens)
+            deletion_input = masked_tokens.clone()
+            deletion_input[masked] = model.to_tokens(words.detach().argmax(-1) + 1)
         h = model.decode_target(cache, deletion_input)
         labels_del = self._deletion_labels(deletion_input, targets)
         editable = deletion_input.ne(c.pad_id) & deletion_input.ne(c.bos_id) & deletion_input.ne(c.eos_id)

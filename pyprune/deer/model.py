@@ -10,6 +10,9 @@ runs only the target rows against them: each pass of training, and each of
 the three passes of an edit iteration, is one ``decode_target`` call on the
 same source cache. ``encode_with_target`` gives the source cache and one
 target's states from a single pass over the layers (decoding's CTC pass).
+The last layer runs only on the rows whose states are used (the target's;
+``decode_target(rows=...)``: the chosen ones): other rows' outputs would
+feed only a next layer.
 ``joint_forward`` runs the same computation as a single pass over the
 concatenated input with the block mask (``joint_attention_mask``); the tests
 check that all three agree.
@@ -174,6 +177,21 @@ def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tens
     return _residual_norm(layer.output, x, a)
 
 
+def _layer_on_rows(layer: nn.Module, h: Tensor, rows: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    """``_layer(layer, h, keys, values, mask)[rows]`` (`rows`: a (batch, T) bool; a key-padding `mask`) with
+    only those rows' queries, attention, output and FFN computed: every other row of a layer's output feeds
+    nothing but the next layer, so the last layer need not compute it. The rows are packed to the front of
+    each batch row (``h[rows]``'s order) and padded to the widest."""
+    counts = rows.sum(1)
+    width = int(counts.max()) if rows.numel() else 0
+    if width == 0:
+        return h.new_zeros(0, h.shape[-1])
+    order = torch.sort(rows.logical_not().to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    picked = h.gather(1, order[..., None].expand(-1, -1, h.shape[-1]))
+    out = _layer(layer, picked, keys, values, mask)
+    return out[torch.arange(width, device=h.device) < counts[:, None]]
+
+
 def _residual_norm(block: nn.Module, x: Tensor, residual: Tensor) -> Tensor:
     """What a BERT-family ``SelfOutput``/``Output`` block computes (dense, dropout, LayerNorm of the sum with
     the residual), without its module call and, outside training, without the dropout's: at decoding's few
@@ -295,11 +313,13 @@ class DeerModel(nn.Module):
         mask = valid[:, None, None, :]
         h = self._embed(sources, 0)
         keys, values = [], []
-        for layer in self.encoder.encoder.layer:
+        layers = self.encoder.encoder.layer
+        for i, layer in enumerate(layers):
             k, v = _kv(layer, h)
             keys.append(k)
             values.append(v)
-            h = _layer(layer, h, k, v, mask)
+            if i + 1 < len(layers):            # the last layer's source states feed nothing
+                h = _layer(layer, h, k, v, mask)
         return SourceCache(keys, values, valid)
 
     def _check_targets(self, targets: Tensor, batch: int) -> None:
@@ -308,16 +328,26 @@ class DeerModel(nn.Module):
         if targets.shape[1] > self.max_positions:
             fail("targets", f"at most {self.max_positions} tokens (the position table)", targets.shape[1])
 
-    def decode_target(self, cache: SourceCache, targets: Tensor) -> Tensor:
-        """Target hidden states (batch, T, hidden): target rows see the cached source and the target."""
+    def decode_target(self, cache: SourceCache, targets: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """Target hidden states (batch, T, hidden): target rows see the cached source and the target.
+
+        `rows`: a (batch, T) bool of the positions whose states are wanted; then only those, (rows.sum(),
+        hidden) in ``h[rows]``'s order, with the last layer run on those rows alone (``_layer_on_rows``)."""
         self._check_targets(targets, cache.mask.shape[0])
+        if rows is not None and (rows.dtype != torch.bool or rows.shape != targets.shape):
+            fail("rows", f"a bool tensor shaped like targets {tuple(targets.shape)}",
+                 f"{rows.dtype} {tuple(rows.shape)}")
         valid = torch.cat([cache.mask, targets.ne(self.config.pad_id)], 1)
         mask = valid[:, None, None, :]
         h = self._embed(targets, self.target_type)
-        for layer, sk, sv in zip(self.encoder.encoder.layer, cache.keys, cache.values):
+        layers = self.encoder.encoder.layer
+        for i, (layer, sk, sv) in enumerate(zip(layers, cache.keys, cache.values)):
             k, v = _kv(layer, h)
-            h = _layer(layer, h, torch.cat([sk, k], 2), torch.cat([sv, v], 2), mask)
-        return h
+            keys, values = torch.cat([sk, k], 2), torch.cat([sv, v], 2)
+            if rows is not None and i + 1 == len(layers):
+                return _layer_on_rows(layer, h, rows, keys, values, mask)
+            h = _layer(layer, h, keys, values, mask)
+        return h if rows is None else h[rows]
 
     def encode_with_target(self, sources: Tensor, targets: Tensor) -> tuple[SourceCache, Tensor]:
         """``encode_source`` then ``decode_target``, in one pass over the layers: (the source cache, the target
@@ -330,12 +360,16 @@ class DeerModel(nn.Module):
         mask = torch.cat([source_valid, targets.ne(self.config.pad_id)], 1)[:, None, None, :]
         h = torch.cat([self._embed(sources, 0), self._embed(targets, self.target_type)], 1)
         keys, values = [], []
-        for layer in self.encoder.encoder.layer:
+        layers = self.encoder.encoder.layer
+        for i, layer in enumerate(layers):
             k, v = _kv(layer, h)
             keys.append(k[:, :, :S])
             values.append(v[:, :, :S])
-            h = _layer(layer, h, k, v, mask, source_rows=S)
-        return SourceCache(keys, values, source_valid), h[:, S:]
+            if i + 1 < len(layers):
+                h = _layer(layer, h, k, v, mask, source_rows=S)
+            else:                              # the last layer's source states feed nothing
+                h = _layer(layer, h[:, S:], k, v, mask)
+        return SourceCache(keys, values, source_valid), h
 
     def joint_attention_mask(self, sources: Tensor, targets: Tensor) -> Tensor:
         """(batch, S+T, S+T) bool: source rows see the source, target rows see everything; no padding keys."""
