@@ -67,7 +67,7 @@ def ctc_draft(model: DeerModel, sources: Tensor, blank_penalty: float = 0.0):
     lengths = sources.ne(model.config.pad_id).sum(1)
     n = model.num_slots(lengths)
     cache, h = model.encode_with_target(sources, model.ctc_slots(sources, lengths))
-    return cache, ctc_draft_tokens(model, model.vocab_logits(h), n, blank_penalty)
+    return cache, ctc_draft_tokens(model, model.vocab_logits(h), n, blank_penalty, overwrite=True)
 
 
 @torch.no_grad()

@@ -58,11 +58,15 @@ def frame(tokens: Tensor, lengths: Tensor, model: DeerModel, max_width: Optional
     return out.masked_fill(pos == lengths[:, None] + 1, c.eos_id)
 
 
-def ctc_draft_tokens(model: DeerModel, logits: Tensor, n_slots: Tensor, blank_penalty: float = 0.0) -> Tensor:
+def ctc_draft_tokens(model: DeerModel, logits: Tensor, n_slots: Tensor, blank_penalty: float = 0.0,
+                     overwrite: bool = False) -> Tensor:
     """The greedy CTC draft of `logits` as [bos] tokens [eos] rows, with `blank_penalty` subtracted from the
-    blank's logit first (a positive penalty gives longer drafts)."""
+    blank's logit first (a positive penalty gives longer drafts): in a copy of `logits`, or, with `overwrite`
+    (the caller's logits are used by nothing else), in `logits` itself (at batch 32 the copy cost 5% of a
+    CTC draft)."""
     if blank_penalty:
-        logits = logits.clone()
+        if not overwrite:
+            logits = logits.clone()
         logits[..., 0] -= blank_penalty
     classes, lengths = ctc_greedy_decode(logits, n_slots, blank=0, batch_first=True)
     return frame(model.to_tokens(classes), lengths, model, model.max_positions)
