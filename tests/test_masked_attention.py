@@ -85,6 +85,24 @@ def test_nan_stays_in_its_row():
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_nan_value_reaches_only_the_rows_that_see_its_key(dtype):
+    # Rows before the prefix (DEER's source rows) never see the keys after it, whatever those hold, also
+    # where they share a group of four rows with rows that do (rows 0-3, prefix 3), and masked keys reach
+    # no row.
+    q, k, clean = _inputs(1, 2, 8, 9, 32, dtype, "contiguous")
+    v = clean.clone()
+    v[0, :, 5] = float("nan")                               # a target key
+    v[0, :, 1] = float("inf")                               # a padding key among the source's
+    valid = torch.ones(1, 9, dtype=torch.bool)
+    valid[0, 1] = False
+    out = torch.ops.pyprune_C.masked_attention(q, k, v, valid, 3, 0.2).view(1, 8, 2, 32)
+    assert not out[0, :3].isnan().any() and out[0, 3:].isnan().all()
+    exact = _exact(q, k, clean, valid, 3, 0.2).view(1, 8, 2, 32)
+    torch.testing.assert_close(out[0, :3].float(), exact[0, :3].float(), atol=1e-2, rtol=1e-2)
+
+
+@needs_kernel
 @pytest.mark.parametrize("isa", ISA_VARIANTS)
 def test_every_isa_variant_matches(isa):
     """Each compiled variant (isa_dispatch.h), forced with PYPRUNE_CPU_ISA in a fresh process."""

@@ -6,9 +6,10 @@
 // scratch transposed (head_dim x keys, padded to 16 keys), and query rows go
 // four at a time against one vector of keys, each loaded vector serving the
 // four; with fewer rows each score is one dot product read in place. Then
-// per row: masking, max, exp, sum (in vector lanes), and the weighted sum of
-// the v rows that carry weight (float32 v read in place, bfloat16 widened
-// once per pair). Other head sizes run heads_generic, plain loops that GCC
+// per row: masking, max, exp, sum (in vector lanes); and the weighted sum of
+// the v rows that carry weight, four rows at a time where the head size is
+// known at compile time (float32 v read in place, bfloat16 widened once per
+// pair). Other head sizes run heads_generic, plain loops that GCC
 // vectorises along keys or features.
 
 // The vector helpers are always inlined into one ISA variant; the ABI note about passing 64-byte vectors
@@ -32,9 +33,6 @@ namespace {
 constexpr int64_t kKeyPad = 16;
 
 PYPRUNE_INLINE int64_t padded(int64_t keys) { return (keys + kKeyPad - 1) / kKeyPad * kKeyPad; }
-
-// The running maximum after seeing x; a NaN, once seen, stays (it then propagates to the row's output).
-PYPRUNE_INLINE float after(float m, float x) { return x > m || x != x ? x : m; }
 
 // Scores of `R` query rows (qf, R x D scaled) against every key, from the transposed keys kt (D x KP):
 // each loaded vector of N keys serves the R rows.
@@ -61,18 +59,68 @@ PYPRUNE_INLINE float softmax_numerators(float* __restrict s, const uint8_t* vali
     for (int64_t j = 0; j < seen; ++j) s[j] = valid[j] ? s[j] : kNegInf;
   for (int64_t j = seen; j < KP; ++j) s[j] = kNegInf;
   using V = VecF<N>;
+  // The maximum over the lanes, then across them (a NaN score is passed over here and turns its exp, and so
+  // the sum and the row, into NaN below).
   V lanes = splat<V>(kNegInf);
   for (int64_t j = 0; j < KP; j += N) {
     const V x = load<V>(s + j);
-    lanes = (x > lanes) | (x != x) ? x : lanes;
+    lanes = x > lanes ? x : lanes;
   }
-  float m = kNegInf;
-  for (int l = 0; l < N; ++l) m = after(m, lanes[l]);
-  if (m == kNegInf) return 0.f;
+  const float m = hmax(lanes);
+  if (m == kNegInf) {  // no key seen, or every score seen NaN
+    for (int64_t j = 0; j < KP; ++j)
+      if (s[j] != s[j]) return s[j];
+    return 0.f;
+  }
   for (int64_t j = 0; j < KP; ++j) s[j] = fast_exp(s[j] - m);
   V total = V{};
   for (int64_t j = 0; j < KP; j += N) total += load<V>(s + j);
   return hsum(total);
+}
+
+// The outputs of R consecutive query rows (the first is row i0) from their softmax numerators w (R x KP, a
+// row's unseen keys 0) and sums (`total`, 0 for a row that sees no key), the v rows read at `vrows`: the
+// weighted sum of the v rows, divided by the sum. NV vectors per row (0: `nv`, read at run time, R = 1).
+// The rows go together, so each loaded v vector serves R rows and their R x NV sums are independent chains
+// of multiply-adds; a key is skipped where every row's weight is 0 (masked keys cost nothing), and keys that
+// only some rows see (DEER's prefix rule: rows before `prefix` see keys before it) feed only those rows.
+template <int N, int NV, int R, typename T>
+PYPRUNE_INLINE void weighted_rows(const float* w, int64_t KP, const float* vrows, int64_t vstride, int64_t i0,
+                                  int64_t prefix, int64_t K, const float* total, T* out, int64_t out_row,
+                                  int64_t nv = NV) {
+  using V = VecF<N>;
+  constexpr int kMaxNV = NV ? NV : 256 / N;
+  V acc[R][kMaxNV];
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < nv; ++c) acc[r][c] = V{};
+  // Rows before the prefix see [0, prefix), the others [0, K): all R rows see [0, lo), some [lo, hi).
+  const int64_t first_seen = i0 < prefix ? prefix : K, last_seen = i0 + R - 1 < prefix ? prefix : K;
+  const int64_t lo = std::min(first_seen, last_seen), hi = std::max(first_seen, last_seen);
+  for (int64_t j = 0; j < lo; ++j) {
+    float wj[R];
+    bool any = false;
+    for (int r = 0; r < R; ++r) {
+      wj[r] = w[r * KP + j];
+      any |= wj[r] != 0.f;
+    }
+    if (!any) continue;
+    for (int64_t c = 0; c < nv; ++c) {
+      const V x = load<V>(vrows + j * vstride + N * c);
+      for (int r = 0; r < R; ++r) acc[r][c] += wj[r] * x;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    if (i0 + r < prefix) continue;  // keys [lo, hi) are seen by the rows from the prefix on (lo == prefix)
+    for (int64_t j = lo; j < hi; ++j) {
+      const float wj = w[r * KP + j];
+      if (wj == 0.f) continue;
+      for (int64_t c = 0; c < nv; ++c) acc[r][c] += wj * load<V>(vrows + j * vstride + N * c);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float inv = total[r] != 0.f ? 1.f / total[r] : 0.f;
+    for (int64_t c = 0; c < nv; ++c) store(out + r * out_row + N * c, acc[r][c] * inv);
+  }
 }
 
 // Any head size: plain loops (the reference-like path; head sizes that are not a multiple of 16).
@@ -172,25 +220,24 @@ PYPRUNE_INLINE void heads_vector(const AttentionOf<T>& p, int64_t first, int64_t
           }
         }
       }
+      float total[kRows];
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t i = i0 + r;
-        T* out = p.out + ((b * p.queries + i) * p.heads + h) * D;
-        const int64_t seen = i < p.prefix ? p.prefix : K;
-        float* w = s + r * KP;
-        const float total = softmax_numerators<N>(w, valid, seen, KP);
-        V acc[(D16 ? D16 : 16) * 16 / N];
-        for (int64_t c = 0; c < nv; ++c) acc[c] = V{};
-        if (total != 0.f) {
-          for (int64_t j = 0; j < seen; ++j) {
-            const float wj = w[j];
-            if (wj == 0.f) continue;  // masked (or negligible) keys cost nothing
-            for (int64_t c = 0; c < nv; ++c) acc[c] += wj * load<V>(vrows + j * vstride + N * c);
-          }
-          const float inv = 1.f / total;
-          for (int64_t c = 0; c < nv; ++c) acc[c] *= inv;
-        }
-        for (int64_t c = 0; c < nv; ++c) store(out + N * c, acc[c]);
+        const int64_t i = i0 + r, seen = i < p.prefix ? p.prefix : K;
+        total[r] = softmax_numerators<N>(s + r * KP, valid, seen, KP);
+        if (total[r] == 0.f)  // the row sees no key: no weight (its scores are still -inf)
+          for (int64_t j = 0; j < KP; ++j) s[r * KP + j] = 0.f;
       }
+      T* out = p.out + ((b * p.queries + i0) * p.heads + h) * D;
+      const int64_t out_row = p.heads * D;
+      if constexpr (D16 != 0) {
+        if (rows == kRows) {
+          weighted_rows<N, D16 * 16 / N, kRows>(s, KP, vrows, vstride, i0, p.prefix, K, total, out, out_row);
+          continue;
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r)
+        weighted_rows<N, 0, 1>(s + r * KP, KP, vrows, vstride, i0 + r, p.prefix, K, total + r, out + r * out_row,
+                               out_row, nv);
     }
   }
 }

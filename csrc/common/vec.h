@@ -118,6 +118,24 @@ PYPRUNE_INLINE float hsum(V v) {
   }
 }
 
+// The largest lane, halves compared pairwise as in hsum; NaN lanes may or may not win (callers that care
+// look for NaN themselves).
+template <typename V>
+PYPRUNE_INLINE float hmax(V v) {
+  if constexpr (lanes_of<V> == 16) {
+    const auto a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    const auto b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    return hmax(a > b ? a : b);
+  } else if constexpr (lanes_of<V> == 8) {
+    const auto a = __builtin_shufflevector(v, v, 0, 1, 2, 3), b = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    return hmax(a > b ? a : b);
+  } else {
+    static_assert(lanes_of<V> == 4, "hmax: 4, 8 or 16 lanes");
+    const float a = v[0] > v[2] ? v[0] : v[2], b = v[1] > v[3] ? v[1] : v[3];
+    return a > b ? a : b;
+  }
+}
+
 // One element either way.
 PYPRUNE_INLINE float to_float(float v) { return v; }
 PYPRUNE_INLINE float to_float(uint16_t h) { return bf16_to_float(h); }
