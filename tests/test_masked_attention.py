@@ -82,6 +82,12 @@ def test_nan_stays_in_its_row():
     q[0, 1, 2, 7] = float("nan")
     out = torch.ops.pyprune_C.masked_attention(q, k, v, None, 0, 0.2).view(1, 3, 2, 32)
     assert out[0, 2, 1].isnan().all() and not out[0, :2].isnan().any() and not out[0, 2, 0].isnan().any()
+    # A NaN key gives NaN scores among finite ones: every row of its head, four rows at a time or alone.
+    for rows in (6, 2):
+        q, k, v = _inputs(1, 2, rows, 7, 32, torch.float32, "contiguous")
+        k[0, 0, 3, 5] = float("nan")
+        out = torch.ops.pyprune_C.masked_attention(q, k, v, None, 0, 0.2).view(1, rows, 2, 32)
+        assert out[0, :, 0].isnan().all() and not out[0, :, 1].isnan().any()
 
 
 @needs_kernel
