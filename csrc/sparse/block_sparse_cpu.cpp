@@ -8,7 +8,7 @@
 // (AMD EPYC with AVX512_BF16, 2 threads, the DEER encoder's layer shapes):
 // 12 rows on AVX-512 (24 of the 32 zmm registers hold accumulators); on
 // AVX2 3 rows in float32 (12 of 16 ymm) and 4 in bfloat16; on the baseline
-// 2 and 3. Each tile size is its own function (TileTable), and the token
+// 2 and 3. Each tile size is its own function (tile_table), and the token
 // rows are split into tiles of near-equal size (rows()).
 //
 // bfloat16 runs the same tile on weights and inputs widened to float32 as
