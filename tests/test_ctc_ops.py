@@ -126,6 +126,22 @@ def test_greedy_decode_nonzero_blank(backend):
     assert [tokens[n, : counts[n]].tolist() for n in range(4)] == expected
 
 
+def test_greedy_decode_low_precision_equals_its_float32_values(backend):
+    # bfloat16 (read as it is by the CPU kernel) and float16 (decoded as float32) give what their float32
+    # copies give, ties included (rounding makes many), in the layout DEER decodes: batch-first logits
+    # narrowed from a padded row (stride 37 > 33 classes).
+    padded = torch.randn(6, 40, 37)
+    padded[..., 0] += 0.7
+    for dtype in (torch.bfloat16, torch.float16):
+        scores = padded.to(dtype)[..., :33]
+        scores[:, 5, 3] = scores[:, 5, 7]                     # exact ties: the first class wins
+        lengths = torch.tensor([40, 0, 17, 40, 1, 39])
+        tokens, counts = ctc_greedy_decode(scores, lengths, batch_first=True)
+        expected = ctc_greedy_decode(scores.float(), lengths, batch_first=True)
+        assert torch.equal(tokens, expected[0]) and torch.equal(counts, expected[1])
+        assert counts.sum() > 0
+
+
 def test_best_alignment_matches_python(backend):
     for T, N, C, S, vocab in [(12, 5, 6, 4, None), (9, 6, 4, 4, 2), (30, 3, 8, 10, 3)]:
         case = random_case(T, N, C, S, vocab=vocab, min_input=0)

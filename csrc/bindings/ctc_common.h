@@ -16,12 +16,15 @@ namespace ctc {
 // scores: (T, N, C) with a contiguous class dimension. The Python layer
 // normalises layouts and validates values; these checks keep the kernels safe
 // when the raw ops are called directly.
-inline void check_scores(const at::Tensor& scores) {
+// `bfloat16_ok`: the CPU greedy decoder also reads bfloat16 scores.
+inline void check_scores(const at::Tensor& scores, bool bfloat16_ok = false) {
   TORCH_CHECK(scores.dim() == 3, "pyprune_C: scores must be (T, N, C), got ", scores.dim(), " dims");
   TORCH_CHECK(scores.stride(2) == 1 || scores.size(2) <= 1,
               "pyprune_C: scores must have a contiguous class dimension");
-  TORCH_CHECK(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble,
-              "pyprune_C: scores must be float32 or float64, got ", scores.scalar_type());
+  const auto dtype = scores.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || (bfloat16_ok && dtype == at::kBFloat16),
+              "pyprune_C: scores must be float32 or float64", bfloat16_ok ? " or bfloat16" : "",
+              ", got ", dtype);
 }
 
 inline void check_index(const at::Tensor& t, const char* name, int64_t numel, const at::Tensor& like) {
@@ -54,8 +57,8 @@ inline at::Tensor empty_output_like(const at::Tensor& like) {
 }
 
 // A Batch over the scores alone (log-sum-exp rows, greedy decoding).
-inline Batch make_scores_batch(const at::Tensor& scores) {
-  check_scores(scores);
+inline Batch make_scores_batch(const at::Tensor& scores, bool bfloat16_ok = false) {
+  check_scores(scores, bfloat16_ok);
   Batch b;
   b.max_time = scores.size(0);
   b.batch_size = scores.size(1);

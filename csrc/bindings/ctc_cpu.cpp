@@ -95,12 +95,20 @@ std::tuple<at::Tensor, at::Tensor> best_alignment(const at::Tensor& scores,
 
 std::tuple<at::Tensor, at::Tensor> greedy_decode(const at::Tensor& scores,
                                                  const at::Tensor& input_lengths, int64_t blank) {
-  Batch b = make_scores_batch(scores);
+  Batch b = make_scores_batch(scores, /*bfloat16_ok=*/true);
   check_index(input_lengths, "input_lengths", b.batch_size, scores);
   b.input_lengths = input_lengths.data_ptr<int64_t>();
   b.blank = blank;
   auto tokens = at::empty({b.batch_size, b.max_time}, input_lengths.options());
   auto lengths = at::empty({b.batch_size}, input_lengths.options());
+  if (scores.scalar_type() == at::kBFloat16) {  // read as it is: no float32 copy of the scores
+    const auto* bits = reinterpret_cast<const uint16_t*>(scores.const_data_ptr<at::BFloat16>());
+    at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
+      greedy_decode_cpu<uint16_t>(b, bits, tokens.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(),
+                                  lo, hi);
+    });
+    return {tokens, lengths};
+  }
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "pyprune_ctc_greedy_decode", [&] {
     at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
       greedy_decode_cpu<scalar_t>(b, scores.data_ptr<scalar_t>(), tokens.data_ptr<int64_t>(),

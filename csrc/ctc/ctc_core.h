@@ -109,7 +109,8 @@ void best_alignment_cpu(const Batch& b, const scalar_t* scores, int64_t* alignme
                         int64_t end);
 
 // Greedy decoding: argmax per frame (first maximal class), merge repeats, drop
-// blanks, left-pack into tokens[n, :]; the rest of the row is blank.
+// blanks, left-pack into tokens[n, :]; the rest of the row is blank. scalar_t: float, double, or
+// uint16_t for bfloat16 scores (their bit patterns; compared as their exact float32 values).
 template <typename scalar_t>
 void greedy_decode_cpu(const Batch& b, const scalar_t* scores, int64_t* tokens,
                        int64_t* lengths, int64_t begin, int64_t end);

@@ -283,9 +283,16 @@ PYPRUNE_INLINE void best_alignment_impl(const Batch& b, const T* scores, int64_t
   }
 }
 
+// A score as a number to compare: a bfloat16 (its bits, uint16_t) widened to float32, which is exact,
+// so decoding bfloat16 scores gives what decoding their float32 copy does, without the copy.
+PYPRUNE_INLINE float score_value(float s) { return s; }
+PYPRUNE_INLINE double score_value(double s) { return s; }
+PYPRUNE_INLINE float score_value(uint16_t s) { return bf16_to_float(s); }
+
 template <typename T>
 PYPRUNE_INLINE void greedy_decode_impl(const Batch& b, const T* scores, int64_t* tokens,
                                        int64_t* lengths, int64_t begin, int64_t end) {
+  using Value = decltype(score_value(T{}));
   const int64_t C = b.num_classes;
   for (int64_t n = begin; n < end; ++n) {
     int64_t* out = tokens + n * b.max_time;
@@ -298,11 +305,14 @@ PYPRUNE_INLINE void greedy_decode_impl(const Batch& b, const T* scores, int64_t*
     int64_t count = 0, previous = -1;
     for (int64_t t = 0; t < input_length; ++t) {
       const T* row = frame(b, scores, t, n);
-      T m = row[0];
+      Value m = score_value(row[0]);
 #pragma omp simd reduction(max : m)
-      for (int64_t c = 0; c < C; ++c) m = row[c] > m ? row[c] : m;
+      for (int64_t c = 0; c < C; ++c) {
+        const Value x = score_value(row[c]);
+        m = x > m ? x : m;
+      }
       int64_t best = 0;
-      while (best < C - 1 && !(row[best] == m)) ++best;
+      while (best < C - 1 && !(score_value(row[best]) == m)) ++best;
       if (best != b.blank && best != previous) out[count++] = best;
       previous = best;
     }
@@ -339,6 +349,12 @@ PYPRUNE_CTC_ENTRY_POINTS(float, f32)
 PYPRUNE_CTC_ENTRY_POINTS(double, f64)
 #undef PYPRUNE_CTC_ENTRY_POINTS
 
+// bfloat16 (as its bits) for greedy decoding only: the losses and alignments compute in float32.
+PYPRUNE_ISA_VARIANTS(greedy_bf16,
+                     (const Batch& b, const uint16_t* s, int64_t* tok, int64_t* len, int64_t lo,
+                      int64_t hi),
+                     (b, s, tok, len, lo, hi), greedy_decode_impl<uint16_t>)
+
 #define PYPRUNE_CTC_SPECIALISE(T, SUFFIX)                                                     \
   template <>                                                                                 \
   void forward_cpu<T>(const Batch& b, const T* s, const T* rs, bool zi, T* nll, T* la,        \
@@ -370,6 +386,12 @@ PYPRUNE_CTC_ENTRY_POINTS(double, f64)
 PYPRUNE_CTC_SPECIALISE(float, f32)
 PYPRUNE_CTC_SPECIALISE(double, f64)
 #undef PYPRUNE_CTC_SPECIALISE
+
+template <>
+void greedy_decode_cpu<uint16_t>(const Batch& b, const uint16_t* s, int64_t* tok, int64_t* len,
+                                 int64_t lo, int64_t hi) {
+  greedy_bf16(b, s, tok, len, lo, hi);
+}
 
 }  // namespace ctc
 }  // namespace pyprune

@@ -203,6 +203,20 @@ static void test_greedy_decode() {
   greedy_decode_cpu<float>(b, scores.data(), tokens.data(), lengths.data(), 0, 1);
   CHECK(lengths[0] == 3 && tokens[0] == 1 && tokens[1] == 1 && tokens[2] == 2 && tokens[3] == 0,
         "decoded %ld tokens", long(lengths[0]));
+
+  // The same frames in bfloat16 (bit patterns, compared as their float32 values); a tie goes to the
+  // first maximal class.
+  std::vector<uint16_t> bits(T * C);
+  for (int64_t i = 0; i < T * C; ++i) bits[i] = float_to_bf16(scores[i]);
+  bits[6 * C + 1] = bits[6 * C + 0];  // frame 6: classes 0 and 1 tie -> class 0 (blank) wins
+  std::fill(tokens.begin(), tokens.end(), -7);
+  greedy_decode_cpu<uint16_t>(b, bits.data(), tokens.data(), lengths.data(), 0, 1);
+  CHECK(lengths[0] == 3 && tokens[0] == 1 && tokens[1] == 1 && tokens[2] == 2 && tokens[3] == 0,
+        "bfloat16: decoded %ld tokens", long(lengths[0]));
+  bits[3 * C + 2] = float_to_bf16(2.0f);  // frame 3 now picks class 2: 1 1 0 2 2 2 0 -> 1 2
+  greedy_decode_cpu<uint16_t>(b, bits.data(), tokens.data(), lengths.data(), 0, 1);
+  CHECK(lengths[0] == 2 && tokens[0] == 1 && tokens[1] == 2, "bfloat16: decoded %ld tokens",
+        long(lengths[0]));
 }
 
 static void test_invalid_samples_give_nan(std::mt19937& rng) {

@@ -394,14 +394,19 @@ def ctc_greedy_decode(scores: Tensor, input_lengths: Lengths, blank: int = 0,
 
     Args:
         scores: (T, N, C) (or (N, T, C) with batch_first) logits or
-            log-probabilities.
+            log-probabilities; float16 and bfloat16 are decoded as their
+            float32 values (the CPU kernel reads bfloat16 as it is).
         input_lengths: (N,) valid frames per sample.
     Returns:
         tokens: (N, T) int64, the decoded labels first, then ``blank``.
         lengths: (N,) int64 number of decoded labels.
     """
     _check_scores("scores", scores, allow_unbatched=False)
-    scores = _compute_dtype(scores.transpose(0, 1) if batch_first else scores)
+    scores = scores.transpose(0, 1) if batch_first else scores
+    if scores.dtype is torch.bfloat16 and scores.device.type == "cpu":
+        scores = scores if scores.stride(-1) == 1 else scores.contiguous()   # read as bfloat16: no float copy
+    else:
+        scores = _compute_dtype(scores)
     T, N, C = scores.shape
     _check_blank(blank, C)
     lengths = _as_lengths("input_lengths", input_lengths, N, scores.device, False)

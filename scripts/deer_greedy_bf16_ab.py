@@ -1,0 +1,84 @@
+"""What reading bfloat16 CTC logits in the greedy decoder (no float32 copy) gives DEER's batched decoding.
+
+    python scripts/deer_greedy_bf16_ab.py RUN_DIR [--sentences 96] [--batch-size 32] [--rounds 3]
+
+Until this change ``ctc_greedy_decode`` copied bfloat16 scores to float32
+before its kernel ran; the CPU kernel now reads them as they are (the same
+decisions: a bfloat16 widens to float32 exactly). First the op alone on
+DEER-shaped logits (batch 32, 54 frames, 5,327 classes narrowed from a row of
+5,344, batch-first, as the packed output layer leaves them): the float32 copy
+then the kernel (the anchor) against the kernel on the bfloat16 logits, median
+of 7 interleaved loops. Then whole decoding in bfloat16 of the first
+--sentences test sentences at --batch-size on the packed sub-networks, the
+greedy decoder switched between the two, interleaved in one process: DEER at
+keep 1 and 0.25, CTC only and one edit iteration. Prints median ms per
+sentence, the ratio, and how many outputs stay the same (all should).
+"""
+import time
+
+import torch
+
+from _deer_ab import interleaved, median, setup
+import pyprune.deer.losses as losses
+from pyprune.deer.generate import generate_ids
+from pyprune.ops import ctc_greedy_decode
+
+
+def float32_first(scores, input_lengths, blank=0, batch_first=False):
+    """The anchor: what the op did before, a float32 copy decoded."""
+    return ctc_greedy_decode(scores.float(), input_lengths, blank, batch_first)
+
+
+def op_table() -> None:
+    logits = torch.randn(32, 54, 5344).to(torch.bfloat16)[..., :5327]
+    lengths = torch.full((32,), 54)
+    calls = {"copy": lambda: float32_first(logits, lengths, batch_first=True),
+             "direct": lambda: ctc_greedy_decode(logits, lengths, batch_first=True)}
+    a, b = (call() for call in calls.values())
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    times = {}
+    for _ in range(7):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(10):
+                call()
+            times.setdefault(name, []).append(1e3 * (time.perf_counter() - start) / 10)
+    before, after = median(times["copy"]), median(times["direct"])
+    print("ctc_greedy_decode, bfloat16 logits (32, 54, 5327) batch-first, ms per call, median of 7 loops of 10")
+    print("| float32 copy, then the kernel | the kernel on bfloat16 | speed-up |\n|---:|---:|---:|")
+    print(f"| {before:.2f} | {after:.2f} | {before / after:.2f}x |")
+
+
+def main() -> None:
+    args, deer, sources = setup(__doc__, lambda p: p.add_argument("--batch-size", type=int, default=32))
+    op_table()
+    decoders = {}
+    for keep in (1.0, 0.25):
+        model, penalties = deer.sub_network(keep, torch.bfloat16, packed=True), deer.decoding(keep)
+        for k in (0, 1):
+            decoders[f"DEER keep {keep:g}, {k} iter."] = (
+                lambda m=model, p=penalties, k=k: generate_ids(m, sources, max_iter=k, batch_size=args.batch_size,
+                                                               **p))
+
+    def run(name, direct):
+        losses.ctc_greedy_decode = ctc_greedy_decode if direct else float32_first
+        return decoders[name]()
+
+    with torch.inference_mode():
+        try:
+            for name in decoders:                       # warm-up
+                run(name, True)
+            times, outputs = interleaved(run, list(decoders), (False, True), args.rounds, len(sources))
+        finally:
+            losses.ctc_greedy_decode = ctc_greedy_decode
+    print(f"\nbfloat16, batch {args.batch_size}, ms per sentence over {len(sources)} test sentences, median of "
+          f"{args.rounds} interleaved rounds")
+    print("| decoding | float32 copy ms | bfloat16 read ms | speed-up | outputs unchanged |\n|---|---:|---:|---:|---:|")
+    for name in decoders:
+        before, after = median(times[name, False]), median(times[name, True])
+        same = sum(x == y for x, y in zip(outputs[name, False], outputs[name, True]))
+        print(f"| {name} | {before:.2f} | {after:.2f} | {before / after:.2f}x | {same}/{len(sources)} |")
+
+
+if __name__ == "__main__":
+    main()
