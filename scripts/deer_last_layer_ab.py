@@ -34,7 +34,7 @@ from pyprune.data.parallel import read_split
 from pyprune.deer.cli import _data_dir
 from pyprune.deer.generate import pad_rows
 from pyprune.deer.losses import random_deletion
-from pyprune.deer.model import DeerModel, SourceCache, _kv, _layer
+from pyprune.deer.model import DeerModel, SourceCache, _layer_kv
 from pyprune.ops import get_ins_targets
 
 USED_ROWS = DeerModel.encode_with_target, deer_model._layer_on_rows
@@ -47,15 +47,14 @@ def every_row_encode_with_target(self, sources, targets):
     h = torch.cat([self._embed(sources, 0), self._embed(targets, self.target_type)], 1)
     keys, values = [], []
     for layer in self.encoder.encoder.layer:
-        k, v = _kv(layer, h)
+        h, k, v = _layer_kv(layer, h, h, None, mask, source_rows=S)
         keys.append(k[:, :, :S])
         values.append(v[:, :, :S])
-        h = _layer(layer, h, k, v, mask, source_rows=S)
     return SourceCache(keys, values, source_valid), h[:, S:]
 
 
-def every_row_layer(layer, h, rows, keys, values, mask):
-    return _layer(layer, h, keys, values, mask)[rows]
+def every_row_layer(layer, h, rows, prefix, mask):
+    return _layer_kv(layer, h, h, prefix, mask)[0][rows]
 
 
 def use_rows(on: bool) -> None:

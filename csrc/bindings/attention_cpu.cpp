@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../attention/attention_core.h"
+#include "cpu_ops.h"
 
 namespace pyprune {
 namespace attn {
@@ -28,6 +29,8 @@ AttentionOf<T> problem(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                         q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), prefix, static_cast<float>(scale),
                         reinterpret_cast<T*>(out.data_ptr())};
 }
+
+}  // namespace
 
 at::Tensor attention_op(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                         const c10::optional<at::Tensor>& key_valid, int64_t prefix, double scale) {
@@ -71,8 +74,6 @@ at::Tensor attention_op(const at::Tensor& q_in, const at::Tensor& k_in, const at
     run(problem<uint16_t>(q, k, v, vp, prefix, scale, out), attention_heads_bf16);
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(pyprune_C, CPU, m) { m.impl("masked_attention", &attention_op); }
 

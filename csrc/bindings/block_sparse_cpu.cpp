@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "../sparse/block_sparse_core.h"
+#include "cpu_ops.h"
 
 namespace pyprune {
 namespace bsr {
@@ -14,6 +15,8 @@ void check_index(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous(),
               "pyprune_C.bsr_linear: ", name, " must be a contiguous 1-D int64 CPU tensor");
 }
+
+}  // namespace
 
 at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at::Tensor& row_ptr,
                      const at::Tensor& col_index, const c10::optional<at::Tensor>& bias,
@@ -66,8 +69,6 @@ at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at:
   at::parallel_for(0, block_rows, 1, [&](int64_t first, int64_t last) { linear_rows_bf16(p, first, last); });
   return y;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(pyprune_C, CPU, m) { m.impl("bsr_linear", &linear_op); }
 

@@ -74,6 +74,15 @@ TORCH_LIBRARY(pyprune_C, m) {
   m.def(
       "masked_attention(Tensor q, Tensor k, Tensor v, Tensor? key_valid, int prefix, float scale) -> Tensor");
 
+  // Inference only: one BERT-family encoder layer for decoding on packed linears (weights: blocks, row_ptr,
+  // col_index, bias of query, key, value, attention output, FFN in (GELU in its epilogue), FFN out, then the
+  // two LayerNorms' weight and bias). Query rows q_in attend to [prefix_k; the keys of kv_in] (key_valid,
+  // source_rows as in masked_attention); returns (the rows' new states, kv_in's keys, kv_in's values), keys
+  // and values (batch, heads, rows, head_dim).
+  m.def(
+      "bert_layer(Tensor kv_in, Tensor q_in, Tensor? prefix_k, Tensor? prefix_v, Tensor? key_valid, "
+      "int source_rows, Tensor[] weights, int heads, float eps) -> (Tensor, Tensor, Tensor)");
+
   // The ISA variant of the CPU kernels: base, avx2, avx512 or avx512bf16 (PYPRUNE_CPU_ISA caps it).
   m.def("cpu_isa() -> str", &cpu_isa_name);
 }

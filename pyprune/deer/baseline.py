@@ -23,6 +23,7 @@ from .._memo import unless_recorded
 from .._validation import fail
 from ..ops import attention
 from .generate import pad_rows, sorted_batches
+from .model import _layer_kv
 
 
 class _Attention(nn.Module):
@@ -118,7 +119,12 @@ class AutoregressiveBaseline(nn.Module):
 
     def _memory(self, sources: Tensor):
         valid = sources.ne(self.pad_id)
-        memory = self.encoder(input_ids=sources, attention_mask=valid.long()).last_hidden_state
+        if self.training:
+            memory = self.encoder(input_ids=sources, attention_mask=valid.long()).last_hidden_state
+        else:                  # decoding: the encoder layers as DEER runs them (one bert_layer call each, packed)
+            memory = self.encoder.embeddings(input_ids=sources)
+            for layer in self.encoder.encoder.layer:
+                memory = _layer_kv(layer, memory, memory, None, valid[:, None, None, :])[0]
         kv = [(b.cross_attn.split(b.cross_attn.k(memory)), b.cross_attn.split(b.cross_attn.v(memory)))
               for b in self.blocks]
         return kv, valid[:, None, None, :]

@@ -41,6 +41,7 @@ from .._validation import fail
 from ..nn.packed import PackedLinear, fuse_gelu, pack_linears
 from ..sparse.layout import BLOCK
 from ..sparse.linear import packed_usable
+from .. import backends
 from ..ops import attention
 
 BACKBONES = ("bert", "roberta", "xlm-roberta")
@@ -177,18 +178,62 @@ def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tens
     return _residual_norm(layer.output, x, a)
 
 
-def _layer_on_rows(layer: nn.Module, h: Tensor, rows: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-    """``_layer(layer, h, keys, values, mask)[rows]`` (`rows`: a (batch, T) bool; a key-padding `mask`) with
-    only those rows' queries, attention, output and FFN computed: every other row of a layer's output feeds
-    nothing but the next layer, so the last layer need not compute it. The rows are packed to the front of
-    each batch row (``h[rows]``'s order) and padded to the widest."""
+def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[list]:
+    """The weights ``pyprune_C::bert_layer`` takes for `layer`, or None where it cannot run the layer: it
+    does where ``pack_for_inference`` packed it (six packed linears with biases and whole 32-wide blocks,
+    the GELU in the FFN's first), out of training, for a key-padding `mask` and CPU float32/bfloat16 rows
+    that need no gradient, with the ``cpp`` backend enabled."""
+    sa, out = layer.attention.self, layer.attention.output
+    linears = (sa.query, sa.key, sa.value, out.dense, layer.intermediate.dense, layer.output.dense)
+    if (layer.training or mask.shape[2] != 1 or type(layer.intermediate.intermediate_act_fn) is not nn.Identity
+            or not attention.kernel_usable(q_in, q_in, q_in) or not backends.has_kernel("bert_layer", "CPU")):
+        return None
+    weights = []
+    for i, linear in enumerate(linears):
+        if (type(linear) is not PackedLinear or linear.activation != ("gelu" if i == 4 else "none")
+                or linear.in_features % BLOCK or linear.out_features % BLOCK):
+            return None
+        buffers = linear._buffers
+        if buffers["bias"] is None or buffers["blocks"].dtype is not q_in.dtype:
+            return None
+        weights += (buffers["blocks"], buffers["row_ptr"], buffers["col_index"], buffers["bias"])
+    norms = (out.LayerNorm, layer.output.LayerNorm)
+    if any(type(n) is not nn.LayerNorm or n.weight is None or n.bias is None for n in norms) or \
+            norms[0].eps != norms[1].eps:
+        return None
+    return weights + [norms[0].weight, norms[0].bias, norms[1].weight, norms[1].bias]
+
+
+def _layer_kv(layer: nn.Module, kv_in: Tensor, q_in: Tensor, prefix: Optional[tuple[Tensor, Tensor]],
+              mask: Tensor, source_rows: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """(`q_in`'s rows after `layer`, `kv_in`'s keys, its values): the query rows attend to the `prefix` keys and
+    values (cached ones, or None) followed by `kv_in`'s, under `mask` and `source_rows` (as in ``_layer``).
+    Where ``_fused_weights`` allows, the whole layer is one call of ``pyprune_C::bert_layer`` (the same ops
+    in C++: the Python between them costs about a quarter of a layer at decoding's few rows)."""
+    weights = _fused_weights(layer, q_in, mask)
+    if weights is not None:
+        prefix_k, prefix_v = prefix if prefix is not None else (None, None)
+        return torch.ops.pyprune_C.bert_layer(kv_in, q_in, prefix_k, prefix_v, mask[:, 0, 0], source_rows, weights,
+                                              layer.attention.self.num_attention_heads,
+                                              layer.attention.output.LayerNorm.eps)
+    k, v = _kv(layer, kv_in)
+    keys, values = (k, v) if prefix is None else (torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2))
+    return _layer(layer, q_in, keys, values, mask, source_rows), k, v
+
+
+def _layer_on_rows(layer: nn.Module, h: Tensor, rows: Tensor, prefix: Optional[tuple[Tensor, Tensor]],
+                   mask: Tensor) -> Tensor:
+    """``_layer_kv(layer, h, h, prefix, mask)[0][rows]`` (`rows`: a (batch, T) bool; a key-padding `mask`)
+    with only those rows' queries, attention, output and FFN computed: every other row of a layer's output
+    feeds nothing but the next layer, so the last layer need not compute it. The rows are packed to the
+    front of each batch row (``h[rows]``'s order) and padded to the widest."""
     counts = rows.sum(1)
     width = int(counts.max()) if rows.numel() else 0
     if width == 0:
         return h.new_zeros(0, h.shape[-1])
     order = torch.sort(rows.logical_not().to(torch.uint8), dim=1, stable=True).indices[:, :width]
     picked = h.gather(1, order[..., None].expand(-1, -1, h.shape[-1]))
-    out = _layer(layer, picked, keys, values, mask)
+    out = _layer_kv(layer, h, picked, prefix, mask)[0]
     return out[torch.arange(width, device=h.device) < counts[:, None]]
 
 
@@ -315,11 +360,12 @@ class DeerModel(nn.Module):
         keys, values = [], []
         layers = self.encoder.encoder.layer
         for i, layer in enumerate(layers):
-            k, v = _kv(layer, h)
+            if i + 1 < len(layers):
+                h, k, v = _layer_kv(layer, h, h, None, mask)
+            else:                              # the last layer's source states feed nothing
+                k, v = _kv(layer, h)
             keys.append(k)
             values.append(v)
-            if i + 1 < len(layers):            # the last layer's source states feed nothing
-                h = _layer(layer, h, k, v, mask)
         return SourceCache(keys, values, valid)
 
     def _check_targets(self, targets: Tensor, batch: int) -> None:
@@ -342,11 +388,9 @@ class DeerModel(nn.Module):
         h = self._embed(targets, self.target_type)
         layers = self.encoder.encoder.layer
         for i, (layer, sk, sv) in enumerate(zip(layers, cache.keys, cache.values)):
-            k, v = _kv(layer, h)
-            keys, values = torch.cat([sk, k], 2), torch.cat([sv, v], 2)
             if rows is not None and i + 1 == len(layers):
-                return _layer_on_rows(layer, h, rows, keys, values, mask)
-            h = _layer(layer, h, keys, values, mask)
+                return _layer_on_rows(layer, h, rows, (sk, sv), mask)
+            h = _layer_kv(layer, h, h, (sk, sv), mask)[0]
         return h if rows is None else h[rows]
 
     def encode_with_target(self, sources: Tensor, targets: Tensor) -> tuple[SourceCache, Tensor]:
@@ -362,13 +406,12 @@ class DeerModel(nn.Module):
         keys, values = [], []
         layers = self.encoder.encoder.layer
         for i, layer in enumerate(layers):
-            k, v = _kv(layer, h)
+            if i + 1 < len(layers):
+                h, k, v = _layer_kv(layer, h, h, None, mask, source_rows=S)
+            else:                              # the last layer's source states feed nothing
+                h, k, v = _layer_kv(layer, h, h[:, S:], None, mask)
             keys.append(k[:, :, :S])
             values.append(v[:, :, :S])
-            if i + 1 < len(layers):
-                h = _layer(layer, h, k, v, mask, source_rows=S)
-            else:                              # the last layer's source states feed nothing
-                h = _layer(layer, h[:, S:], k, v, mask)
         return SourceCache(keys, values, source_valid), h
 
     def joint_attention_mask(self, sources: Tensor, targets: Tensor) -> Tensor:

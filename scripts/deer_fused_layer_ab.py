@@ -1,0 +1,43 @@
+"""What running each packed encoder layer as one C++ call (``pyprune_C::bert_layer``) gives DEER and its AR
+baseline at batch 1.
+
+    python scripts/deer_fused_layer_ab.py RUN_DIR [--sentences 30] [--rounds 3] [--dtype bfloat16]
+
+Whole decoding of the first test sentences one at a time on the packed
+sub-networks, every encoder layer run as Python ops (``_layer``: packed linears,
+the attention kernel, LayerNorms; the anchor) against one ``bert_layer`` call
+per layer (the same ops in C++, in the same order), interleaved in one process:
+DEER at keep 1 and the smallest keep with 0 (CTC only) and 1 edit iteration,
+and the AR baseline of RUN_DIR (whose encoder pass is the only part that
+changes). Prints median ms per sentence, the ratio, and how many outputs stay
+the same (all should: the results are the same bits).
+"""
+import torch
+
+import pyprune.deer.model as deer_model
+from _deer_ab import deer_decoders, print_ab, setup, switched
+from pyprune.deer.cli import _load_baseline
+from pyprune.deer.model import inference_copy
+
+FUSED = deer_model._fused_weights
+
+
+def use_fused(on: bool) -> None:
+    deer_model._fused_weights = FUSED if on else (lambda *args: None)
+
+
+def main() -> None:
+    args, deer, sources = setup(__doc__, dtype_option=True)
+    baseline = _load_baseline(args.run, deer)
+    ar = None if baseline is None else inference_copy(baseline, args.dtype)
+    keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
+    decoders = deer_decoders(deer, sources, args.dtype, keeps, (0, 1), ar)
+    with torch.inference_mode():
+        for decode in decoders.values():                  # warm-up
+            decode()
+        times, outputs = switched(decoders, use_fused, args.rounds, len(sources))
+    print_ab(list(decoders), (False, True), times, outputs, ("Python layers", "bert_layer"), dtype=args.dtype)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""pyprune_C::bert_layer: one packed BERT layer for decoding in one call, against the Python layer it replaces."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import pyprune.deer.model as deer_model
+from pyprune import backends
+from pyprune.deer.baseline import AutoregressiveBaseline
+from pyprune.deer.generate import generate_ids
+from pyprune.deer.model import _fused_weights, _layer_kv, _layer_on_rows, inference_copy
+
+from test_deer import SOURCES, batch, make, tokenizer  # noqa: F401  (tokenizer: a fixture)
+
+pytestmark = pytest.mark.skipif(not backends.has_kernel("bert_layer", "CPU"), reason="the cpp extension is not built")
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.fixture
+def unfused(monkeypatch):
+    """A switch: unfused(True) makes every layer run as Python ops (the reference), unfused(False) undoes it."""
+    original = deer_model._fused_weights
+
+    def switch(on: bool) -> None:
+        monkeypatch.setattr(deer_model, "_fused_weights", (lambda *a: None) if on else original)
+    return switch
+
+
+def packed_model(tokenizer, dtype, keep=1.0):
+    deer = make(tokenizer)
+    return deer, deer.sub_network(keep, dtype, packed=True)
+
+
+def states(model, sources, targets):
+    """Every state the fused layer feeds: the joint pass (prefix rule, last layer on target rows), the source
+    pass, a target pass over the cached source, and the last layer on chosen rows."""
+    cache, joint = model.encode_with_target(sources, targets)
+    source_cache = model.encode_source(sources)
+    decoded = model.decode_target(source_cache, targets)
+    rows = targets.ne(0) & (torch.arange(targets.shape[1]) % 2 == 1)
+    chosen = model.decode_target(source_cache, targets, rows=rows)
+    return [joint, decoded, chosen] + cache.keys + cache.values + source_cache.keys + source_cache.values
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("keep", [1.0, 0.5])
+def test_fused_layer_gives_what_the_python_layer_gives(tokenizer, unfused, dtype, keep):
+    deer, model = packed_model(tokenizer, dtype, keep)
+    sources, targets = batch(deer)
+    layer = model.encoder.encoder.layer[0]
+    mask = targets.ne(0)[:, None, None, :]
+    assert _fused_weights(layer, torch.zeros(1, 1, 64, dtype=dtype), mask) is not None    # the fused path runs
+    with torch.inference_mode():
+        fused = states(model, sources, targets)
+        unfused(True)
+        python = states(model, sources, targets)
+    for a, b in zip(fused, python):
+        assert a.dtype == dtype
+        assert torch.equal(a, b)                    # the same ops in the same order: the same bits
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decoding_with_the_fused_layer_is_unchanged(tokenizer, unfused, dtype):
+    deer, model = packed_model(tokenizer, dtype)
+    ids = deer.encode(SOURCES)
+    with torch.inference_mode():
+        fused = [generate_ids(model, ids, max_iter=2, batch_size=b, blank_penalty=-1.0) for b in (1, 3)]
+        unfused(True)
+        python = [generate_ids(model, ids, max_iter=2, batch_size=b, blank_penalty=-1.0) for b in (1, 3)]
+    assert fused == python
+
+
+def test_layers_the_fused_op_cannot_run_take_the_python_path(tokenizer):
+    deer, model = packed_model(tokenizer, torch.float32)
+    layer = model.encoder.encoder.layer[0]
+    x = torch.zeros(1, 3, 64)
+    key_padding, full = torch.ones(1, 1, 1, 3, dtype=torch.bool), torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    assert _fused_weights(layer, x, key_padding) is not None
+    assert _fused_weights(layer, x, full) is None                               # a mask per query row
+    assert _fused_weights(layer, x.bfloat16(), key_padding) is None              # not the weights' dtype
+    assert _fused_weights(layer, x.clone().requires_grad_(), key_padding) is None   # needs a gradient
+    assert _fused_weights(deer.model.encoder.encoder.layer[0], x.detach(), key_padding) is None   # not packed
+    with backends.disabled("cpp"):
+        assert _fused_weights(layer, x.detach(), key_padding) is None
+    layer.train()
+    assert _fused_weights(layer, x.detach(), key_padding) is None
+    layer.eval()
+    unpacked = inference_copy(deer.model, packed=False).encoder.encoder.layer[0]
+    assert _fused_weights(unpacked, x.detach(), key_padding) is None
+
+
+def test_rows_of_the_last_layer_through_the_fused_op(tokenizer):
+    deer, model = packed_model(tokenizer, torch.float32)
+    sources, targets = batch(deer)
+    layer = model.encoder.encoder.layer[-1]
+    with torch.inference_mode():
+        cache = model.encode_source(sources)
+        h = torch.randn(targets.shape[0], targets.shape[1], 64)
+        mask = torch.cat([cache.mask, targets.ne(0)], 1)[:, None, None, :]
+        prefix = (cache.keys[-1], cache.values[-1])
+        every, k, v = _layer_kv(layer, h, h, prefix, mask)
+        rows = targets.ne(0)
+        rows[1] = False                                                     # a batch row with none
+        # (fewer query rows go through the packed kernel's tiles in another grouping: float32 rounding)
+        torch.testing.assert_close(_layer_on_rows(layer, h, rows, prefix, mask), every[rows], rtol=1e-5, atol=1e-5)
+        assert k.shape == v.shape == (targets.shape[0], 2, targets.shape[1], 32)
+
+
+def test_bad_arguments_to_the_raw_op_are_errors_not_crashes(tokenizer):
+    deer, model = packed_model(tokenizer, torch.float32)
+    layer = model.encoder.encoder.layer[0]
+    h = torch.randn(2, 5, 64)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    weights = _fused_weights(layer, h, valid[:, None, None, :])
+    op = torch.ops.pyprune_C.bert_layer
+    out, k, v = op(h, h, None, None, valid, 0, weights, 2, 1e-12)
+    assert out.shape == (2, 5, 64) and k.shape == (2, 2, 5, 32)
+    with pytest.raises(RuntimeError, match="weights must hold 28 tensors"):
+        op(h, h, None, None, valid, 0, weights[:-1], 2, 1e-12)
+    with pytest.raises(RuntimeError, match="prefix_k and prefix_v come together"):
+        op(h, h, k, None, valid, 0, weights, 2, 1e-12)
+    with pytest.raises(RuntimeError, match="prefix_k and prefix_v must be"):
+        op(h, h, k[:, :1], v[:, :1], valid, 0, weights, 2, 1e-12)
+    with pytest.raises(RuntimeError, match="kv_in and q_in"):
+        op(h, h[..., :32], None, None, valid, 0, weights, 2, 1e-12)
+    with pytest.raises(RuntimeError, match="multiple of heads"):
+        op(h, h, None, None, valid, 0, weights, 3, 1e-12)
+    with pytest.raises(RuntimeError, match="key_valid"):
+        op(h, h, None, None, valid[:, :4], 0, weights, 2, 1e-12)
+    with pytest.raises(RuntimeError, match="prefix must be in"):
+        op(h, h, None, None, valid, 6, weights, 2, 1e-12)
+    swapped = list(weights)
+    swapped[12:16] = weights[16:20]                                          # the FFN's first layer as output
+    with pytest.raises(RuntimeError, match="hidden"):
+        op(h, h, None, None, valid, 0, swapped, 2, 1e-12)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_baselines_decoding_memory_equals_its_encoders_output(tokenizer, packed):
+    # Decoding runs the AR baseline's encoder layer by layer as DEER does (fused where packed); training, and
+    # this reference, call the Hugging Face encoder.
+    deer = make(tokenizer)
+    c, cfg = deer.model.config, deer.model.encoder.config
+    torch.manual_seed(1)
+    baseline = AutoregressiveBaseline(transformers.BertModel(cfg, add_pooling_layer=False),
+                                      deer.model.restricted_vocab(), c.pad_id, c.bos_id, c.eos_id, layers=1)
+    baseline = inference_copy(baseline.eval(), packed=packed)
+    sources, _ = batch(deer)
+    valid = sources.ne(c.pad_id)
+    with torch.inference_mode():
+        assert (_fused_weights(baseline.encoder.encoder.layer[0], torch.zeros(1, 1, 64), valid[:, None, None, :])
+                is not None) == packed
+        expected = baseline.encoder(input_ids=sources, attention_mask=valid.long()).last_hidden_state
+        kv, mask = baseline._memory(sources)
+        block = baseline.blocks[0]
+        want = block.cross_attn.split(block.cross_attn.k(expected))
+    torch.testing.assert_close(kv[0][0].transpose(1, 2)[valid], want.transpose(1, 2)[valid], rtol=1e-5, atol=1e-5)
+    assert torch.equal(mask[:, 0, 0], valid)
