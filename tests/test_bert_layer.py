@@ -11,7 +11,10 @@ from pyprune.deer.baseline import AutoregressiveBaseline
 from pyprune.deer.generate import generate_ids
 from pyprune.deer.model import _fused_weights, _layer_kv, _layer_on_rows, inference_copy
 
-from test_deer import SOURCES, batch, make, tokenizer  # noqa: F401  (tokenizer: a fixture)
+import test_deer
+from test_deer import SOURCES, batch, make
+
+tokenizer = test_deer.tokenizer          # the fixture, shared
 
 pytestmark = pytest.mark.skipif(not backends.has_kernel("bert_layer", "CPU"), reason="the cpp extension is not built")
 
