@@ -2,8 +2,8 @@
 // call. The same computation as pyprune.deer.model._layer on packed layers (q/k/v projections, the
 // decoding attention kernel, output projection, residual + LayerNorm, FFN with the GELU in its first
 // layer's epilogue, residual + LayerNorm), op by op in the same order, so the results are the same;
-// what it removes is the Python between the ops, which at decoding's 1-60 token rows costs about a
-// quarter of a layer (scripts/deer_fused_layer_ab.py).
+// what it removes is the Python between the ops: at an edit pass's ~17 rows a bfloat16 layer took 332 us
+// against 242 us of its kernels (a throwaway timing); whole decoding: scripts/deer_fused_layer_ab.py.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
