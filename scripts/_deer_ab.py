@@ -50,6 +50,17 @@ def deer_decoders(deer, sources, dtype, keeps, iterations, baseline=None) -> dic
     return decoders
 
 
+def decoders_with_baseline(args, deer, sources, iterations) -> dict:
+    """``deer_decoders`` at keep 1 and the smallest keep, in --dtype, with RUN_DIR's AR baseline (when it has
+    one) on the packed kernel in that dtype: what the switch A/B scripts decode."""
+    from pyprune.deer.cli import _load_baseline
+    from pyprune.deer.model import inference_copy
+    baseline = _load_baseline(args.run, deer)
+    ar = None if baseline is None else inference_copy(baseline, args.dtype)
+    keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
+    return deer_decoders(deer, sources, args.dtype, keeps, iterations, ar)
+
+
 def interleaved(run, names, variants, rounds: int, sentences: int):
     """Calls run(name, variant) for every name and variant in turn, `rounds` times over, in one process (so
     a slow stretch of the machine hits every variant alike): (times, outputs) keyed by (name, variant),

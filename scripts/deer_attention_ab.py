@@ -14,9 +14,7 @@ same (the two attentions round differently, which can flip a greedy choice).
 import torch
 
 import pyprune.ops.attention as attention
-from _deer_ab import deer_decoders, print_ab, setup, switched
-from pyprune.deer.cli import _load_baseline
-from pyprune.deer.model import inference_copy
+from _deer_ab import decoders_with_baseline, print_ab, setup, switched
 
 
 def use_kernel(on: bool, usable=attention.kernel_usable) -> None:
@@ -26,10 +24,7 @@ def use_kernel(on: bool, usable=attention.kernel_usable) -> None:
 
 def main() -> None:
     args, deer, sources = setup(__doc__, dtype_option=True)
-    baseline = _load_baseline(args.run, deer)
-    ar = None if baseline is None else inference_copy(baseline, args.dtype)
-    keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
-    decoders = deer_decoders(deer, sources, args.dtype, keeps, (0, 1, 2), ar)
+    decoders = decoders_with_baseline(args, deer, sources, (0, 1, 2))
     with torch.inference_mode():
         times, outputs = switched(decoders, use_kernel, args.rounds, len(sources))
     print_ab(list(decoders), (False, True), times, outputs, ("torch attention", "kernel"), dtype=args.dtype)

@@ -15,9 +15,7 @@ the same (all should: the results are the same bits).
 import torch
 
 import pyprune.deer.model as deer_model
-from _deer_ab import deer_decoders, print_ab, setup, switched
-from pyprune.deer.cli import _load_baseline
-from pyprune.deer.model import inference_copy
+from _deer_ab import decoders_with_baseline, print_ab, setup, switched
 
 FUSED = deer_model._fused_weights
 
@@ -28,10 +26,7 @@ def use_fused(on: bool) -> None:
 
 def main() -> None:
     args, deer, sources = setup(__doc__, dtype_option=True)
-    baseline = _load_baseline(args.run, deer)
-    ar = None if baseline is None else inference_copy(baseline, args.dtype)
-    keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
-    decoders = deer_decoders(deer, sources, args.dtype, keeps, (0, 1), ar)
+    decoders = decoders_with_baseline(args, deer, sources, (0, 1))
     with torch.inference_mode():
         for decode in decoders.values():                  # warm-up
             decode()

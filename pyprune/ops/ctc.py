@@ -151,9 +151,10 @@ def _prepare(scores: Tensor, targets: Tensor, input_lengths: Lengths, target_len
                      tgt_lengths.to(device=device, dtype=torch.long).contiguous(), max_target_length)
 
 
-def _compute_dtype(x: Tensor) -> Tensor:
-    """float16/bfloat16 are computed in float32; the class dim made contiguous."""
-    if x.dtype in (torch.float16, torch.bfloat16):
+def _compute_dtype(x: Tensor, keep_bfloat16: bool = False) -> Tensor:
+    """float16/bfloat16 are computed in float32 (bfloat16 kept as it is with `keep_bfloat16`, for a kernel that
+    reads it); the class dim made contiguous."""
+    if x.dtype is torch.float16 or (x.dtype is torch.bfloat16 and not keep_bfloat16):
         x = x.float()
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -402,11 +403,8 @@ def ctc_greedy_decode(scores: Tensor, input_lengths: Lengths, blank: int = 0,
         lengths: (N,) int64 number of decoded labels.
     """
     _check_scores("scores", scores, allow_unbatched=False)
-    scores = scores.transpose(0, 1) if batch_first else scores
-    if scores.dtype is torch.bfloat16 and scores.device.type == "cpu":
-        scores = scores if scores.stride(-1) == 1 else scores.contiguous()   # read as bfloat16: no float copy
-    else:
-        scores = _compute_dtype(scores)
+    scores = _compute_dtype(scores.transpose(0, 1) if batch_first else scores,
+                            keep_bfloat16=scores.device.type == "cpu")     # the CPU kernel reads bfloat16
     T, N, C = scores.shape
     _check_blank(blank, C)
     lengths = _as_lengths("input_lengths", input_lengths, N, scores.device, False)
