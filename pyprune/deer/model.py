@@ -178,16 +178,29 @@ def _layer(layer: nn.Module, h: Tensor, keys: Tensor, values: Tensor, mask: Tens
     return _residual_norm(layer.output, x, a)
 
 
+def _child(module: nn.Module, *names: str) -> nn.Module:
+    """``module.<names[0]>.<names[1]>...`` read from ``_modules`` directly: ``nn.Module.__getattr__`` costs
+    about a microsecond a step, which at decoding's few rows, over the dozen steps a layer call needs, was a
+    tenth of an edit pass's layer."""
+    for name in names:
+        module = module._modules[name]
+    return module
+
+
 def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[list]:
     """The weights ``pyprune_C::bert_layer`` takes for `layer`, or None where it cannot run the layer: it
     does where ``pack_for_inference`` packed it (six packed linears with biases and whole 32-wide blocks,
     the GELU in the FFN's first), out of training, for a key-padding `mask` and CPU float32/bfloat16 rows
     that need no gradient, with the ``cpp`` backend enabled."""
-    sa, out = layer.attention.self, layer.attention.output
-    linears = (sa.query, sa.key, sa.value, out.dense, layer.intermediate.dense, layer.output.dense)
-    if (layer.training or mask.shape[2] != 1 or type(layer.intermediate.intermediate_act_fn) is not nn.Identity
-            or not attention.kernel_usable(q_in, q_in, q_in) or not backends.has_kernel("bert_layer", "CPU")):
+    if (layer.training or mask.shape[2] != 1 or not attention.kernel_usable(q_in, q_in, q_in)
+            or not backends.has_kernel("bert_layer", "CPU")):
         return None
+    intermediate = _child(layer, "intermediate")
+    if type(intermediate._modules["intermediate_act_fn"]) is not nn.Identity:
+        return None
+    sa, out, output = _child(layer, "attention", "self"), _child(layer, "attention", "output"), _child(layer, "output")
+    linears = (sa._modules["query"], sa._modules["key"], sa._modules["value"], out._modules["dense"],
+               intermediate._modules["dense"], output._modules["dense"])
     weights = []
     for i, linear in enumerate(linears):
         if (type(linear) is not PackedLinear or linear.activation != ("gelu" if i == 4 else "none")
@@ -197,11 +210,11 @@ def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[lis
         if buffers["bias"] is None or buffers["blocks"].dtype is not q_in.dtype:
             return None
         weights += (buffers["blocks"], buffers["row_ptr"], buffers["col_index"], buffers["bias"])
-    norms = (out.LayerNorm, layer.output.LayerNorm)
-    if any(type(n) is not nn.LayerNorm or n.weight is None or n.bias is None for n in norms) or \
-            norms[0].eps != norms[1].eps:
+    norms = (out._modules["LayerNorm"], output._modules["LayerNorm"])
+    if any(type(n) is not nn.LayerNorm for n in norms) or norms[0].eps != norms[1].eps:
         return None
-    return weights + [norms[0].weight, norms[0].bias, norms[1].weight, norms[1].bias]
+    affine = [n._parameters[name] for n in norms for name in ("weight", "bias")]
+    return None if any(p is None for p in affine) else weights + affine
 
 
 def _layer_kv(layer: nn.Module, kv_in: Tensor, q_in: Tensor, prefix: Optional[tuple[Tensor, Tensor]],
@@ -214,8 +227,8 @@ def _layer_kv(layer: nn.Module, kv_in: Tensor, q_in: Tensor, prefix: Optional[tu
     if weights is not None:
         prefix_k, prefix_v = prefix if prefix is not None else (None, None)
         return torch.ops.pyprune_C.bert_layer(kv_in, q_in, prefix_k, prefix_v, mask[:, 0, 0], source_rows, weights,
-                                              layer.attention.self.num_attention_heads,
-                                              layer.attention.output.LayerNorm.eps)
+                                              _child(layer, "attention", "self").num_attention_heads,
+                                              _child(layer, "attention", "output", "LayerNorm").eps)
     k, v = _kv(layer, kv_in)
     keys, values = (k, v) if prefix is None else (torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2))
     return _layer(layer, q_in, keys, values, mask, source_rows), k, v
