@@ -140,6 +140,34 @@ def test_bad_arguments_to_the_raw_op_are_errors_not_crashes(tokenizer):
         op(h, h, None, None, valid, 0, swapped, 2, 1e-12)
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cached_keys_in_any_layout_give_the_same_layer(tokenizer, dtype):
+    # The op joins the cached keys and values to the layer's own by row copies where their features are
+    # contiguous, and through at::cat otherwise: the same result either way.
+    deer, model = packed_model(tokenizer, dtype)
+    layer = model.encoder.encoder.layer[0]
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 64).to(dtype)
+    prefix_k, prefix_v = (torch.randn(2, 2, 3, 32).to(dtype) for _ in range(2))
+    valid = torch.ones(2, 8, dtype=torch.bool)
+    valid[1, 6:] = False
+    weights = _fused_weights(layer, h, valid[:, None, None, :])
+    op = torch.ops.pyprune_C.bert_layer
+    with torch.inference_mode():
+        expected = op(h, h, prefix_k, prefix_v, valid, 0, weights, 2, 1e-12)[0]
+        features_strided = [t.transpose(2, 3).contiguous().transpose(2, 3) for t in (prefix_k, prefix_v)]
+        assert features_strided[0].stride(3) != 1
+        assert torch.equal(op(h, h, *features_strided, valid, 0, weights, 2, 1e-12)[0], expected)
+        wide = [torch.zeros(2, 4, 3, 32, dtype=dtype) for _ in range(2)]
+        for w, t in zip(wide, (prefix_k, prefix_v)):
+            w[:, ::2] = t
+        wide = [w[:, ::2] for w in wide]                                       # strided heads
+        assert torch.equal(op(h, h, *wide, valid, 0, weights, 2, 1e-12)[0], expected)
+        other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+        with pytest.raises(RuntimeError, match="CPU tensors of kv_in's dtype"):
+            op(h, h, prefix_k.to(other), prefix_v.to(other), valid, 0, weights, 2, 1e-12)
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_the_baselines_decoding_memory_equals_its_encoders_output(tokenizer, packed):
     # Decoding runs the AR baseline's encoder layer by layer as DEER does (fused where packed); training, and

@@ -4,10 +4,16 @@
 // layer's epilogue, residual + LayerNorm), op by op in the same order, so the results are the same;
 // what it removes is the Python between the ops: at an edit pass's ~17 rows a bfloat16 layer took 332 us
 // against 242 us of its kernels (a throwaway timing); whole decoding: scripts/deer_fused_layer_ab.py.
+// The cached keys' join and the residual sums are plain loops here, not at::cat and at::add: at those
+// sizes the generic ops cost ~10 and ~5 us a call (torch's profiler, a throwaway run), about a tenth of
+// an edit pass's layer, for a copy and an add of a few thousand elements.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <c10/util/BFloat16.h>
+
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "cpu_ops.h"
@@ -26,6 +32,43 @@ struct Packed {
     return bsr::linear_op(x, blocks, row_ptr, col_index, bias, activation);
   }
 };
+
+// at::cat({prefix, own}, 2) for (batch, heads, rows, head_dim) CPU tensors of one dtype (bert_layer checks
+// them) with contiguous features: a new contiguous tensor, filled by one copy per row.
+at::Tensor join_keys(const at::Tensor& prefix, const at::Tensor& own) {
+  if (prefix.stride(3) != 1 || own.stride(3) != 1) return at::cat({prefix, own}, 2);
+  const int64_t B = own.size(0), H = own.size(1), P = prefix.size(2), T = own.size(2), D = own.size(3);
+  at::Tensor out = at::empty({B, H, P + T, D}, own.options());
+  const int64_t bytes = D * own.element_size();
+  auto* dst = static_cast<char*>(out.data_ptr());
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (const at::Tensor* part : {&prefix, &own}) {
+        const auto* src = static_cast<const char*>(part->data_ptr()) +
+                          (b * part->stride(0) + h * part->stride(1)) * part->element_size();
+        for (int64_t r = 0; r < part->size(2); ++r, dst += bytes)
+          std::memcpy(dst, src + r * part->stride(2) * part->element_size(), bytes);
+      }
+    }
+  }
+  return out;
+}
+
+// x += residual for a fresh contiguous (rows, hidden) x, the same values as at::add: float32 sums, or
+// bfloat16 ones computed in float32 and rounded to the nearest bfloat16, ties to even.
+void add_residual(at::Tensor& x, const at::Tensor& residual_in) {
+  const at::Tensor residual = residual_in.contiguous();
+  const int64_t n = x.numel();
+  if (x.scalar_type() == at::kFloat) {
+    float* y = x.data_ptr<float>();
+    const float* r = residual.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) y[i] += r[i];
+    return;
+  }
+  c10::BFloat16* y = x.data_ptr<c10::BFloat16>();
+  const c10::BFloat16* r = residual.data_ptr<c10::BFloat16>();
+  for (int64_t i = 0; i < n; ++i) y[i] = c10::BFloat16(static_cast<float>(y[i]) + static_cast<float>(r[i]));
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bert_layer(
     const at::Tensor& kv_in, const at::Tensor& q_in, const c10::optional<at::Tensor>& prefix_k,
@@ -56,19 +99,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bert_layer(
     TORCH_CHECK(prefix_k->dim() == 4 && prefix_k->size(0) == B && prefix_k->size(1) == heads &&
                     prefix_k->size(3) == D && prefix_v->sizes() == prefix_k->sizes(),
                 "pyprune_C.bert_layer: prefix_k and prefix_v must be (batch, heads, keys, head_dim)");
+    for (const at::Tensor* t : {&*prefix_k, &*prefix_v})
+      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == kv_in.scalar_type(),
+                  "pyprune_C.bert_layer: prefix_k and prefix_v must be CPU tensors of kv_in's dtype (",
+                  kv_in.scalar_type(), "), got ", t->scalar_type(), " on ", t->device());
   }
 
   auto as_heads = [&](const at::Tensor& x, int64_t rows) { return x.view({B, rows, heads, D}).transpose(1, 2); };
   const at::Tensor kv_rows = kv_in.reshape({B * Tk, H});
   const at::Tensor k = as_heads(linear[1](kv_rows), Tk), v = as_heads(linear[2](kv_rows), Tk);
-  const at::Tensor keys = prefix_k ? at::cat({*prefix_k, k}, 2) : k;
-  const at::Tensor values = prefix_k ? at::cat({*prefix_v, v}, 2) : v;
+  const at::Tensor keys = prefix_k ? join_keys(*prefix_k, k) : k;
+  const at::Tensor values = prefix_k ? join_keys(*prefix_v, v) : v;
   const at::Tensor q_rows = q_in.reshape({B * Tq, H});
   const at::Tensor q = as_heads(linear[0](q_rows), Tq);
   const at::Tensor context = attn::attention_op(q, keys, values, key_valid, source_rows, 1.0 / std::sqrt(double(D)));
-  const at::Tensor a = at::layer_norm(linear[3](context.view({B * Tq, inner})) + q_rows, {H}, weights[24],
-                                      weights[25], eps);
-  const at::Tensor out = at::layer_norm(linear[5](linear[4](a, "gelu")) + a, {H}, weights[26], weights[27], eps);
+  at::Tensor attended = linear[3](context.view({B * Tq, inner}));
+  add_residual(attended, q_rows);
+  const at::Tensor a = at::layer_norm(attended, {H}, weights[24], weights[25], eps);
+  at::Tensor ffn = linear[5](linear[4](a, "gelu"));
+  add_residual(ffn, a);
+  const at::Tensor out = at::layer_norm(ffn, {H}, weights[26], weights[27], eps);
   return {out.view({B, Tq, H}), k, v};
 }
 
