@@ -64,6 +64,26 @@ def test_fused_layer_gives_what_the_python_layer_gives(tokenizer, unfused, dtype
         assert torch.equal(a, b)                    # the same ops in the same order: the same bits
 
 
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_the_fused_layer_is_the_same_at_any_thread_count(tokenizer, unfused, threads):
+    # The op runs its stages in one parallel region with barriers where every thread has a core, a region
+    # per stage where they would not (the machine's cores decide which these counts take), and inline
+    # with one thread: the same shares of the same work, so the same bits as the Python layer.
+    deer, model = packed_model(tokenizer, torch.bfloat16, 0.5)
+    sources, targets = batch(deer)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            fused = states(model, sources, targets)
+            unfused(True)
+            python = states(model, sources, targets)
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(fused, python):
+        assert torch.equal(a, b)
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decoding_with_the_fused_layer_is_unchanged(tokenizer, unfused, dtype):
     deer, model = packed_model(tokenizer, dtype)
