@@ -82,7 +82,7 @@ class Stages {
   void fail() { failed_.store(true, std::memory_order_relaxed); }
 
  private:
-  static constexpr int64_t kSpins = 4096;  // pause instructions before yielding: tens of microseconds
+  static constexpr int64_t kSpins = 4096;  // pauses before yielding (a pause is tens to ~150 cycles, by core)
   const int64_t workers_;
   std::atomic<int64_t> arrived_{0};
   std::atomic<bool> failed_{false};
