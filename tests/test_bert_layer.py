@@ -67,9 +67,8 @@ def test_fused_layer_gives_what_the_python_layer_gives(tokenizer, unfused, dtype
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
 def test_the_fused_layer_is_the_same_at_any_thread_count(tokenizer, unfused, threads):
-    # The op runs its stages in one parallel region with barriers where every thread has a core, a region
-    # per stage where they would not (the machine's cores decide which these counts take), and inline
-    # with one thread: the same shares of the same work, so the same bits as the Python layer.
+    # The op's kernels split their work among however many threads there are (one: inline; more than the
+    # machine's cores: oversubscribed): the same work in other shares, so the same bits as the Python layer.
     deer, model = packed_model(tokenizer, torch.bfloat16, 0.5)
     sources, targets = batch(deer)
     previous = torch.get_num_threads()

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../attention/attention_core.h"
 #include "cpu_ops.h"
 
 namespace pyprune {
@@ -31,8 +32,8 @@ AttentionOf<T> problem(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 
 }  // namespace
 
-PreparedAttention::PreparedAttention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                                     const c10::optional<at::Tensor>& key_valid, int64_t prefix, double scale) {
+at::Tensor attention_op(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                        const c10::optional<at::Tensor>& key_valid, int64_t prefix, double scale) {
   const auto dtype = q_in.scalar_type();
   TORCH_CHECK(q_in.device().is_cpu() && (dtype == at::kFloat || dtype == at::kBFloat16) && q_in.dim() == 4,
               "pyprune_C.masked_attention: q must be a (batch, heads, queries, head_dim) float32 or bfloat16 "
@@ -45,45 +46,33 @@ PreparedAttention::PreparedAttention(const at::Tensor& q_in, const at::Tensor& k
               "pyprune_C.masked_attention: k and v must be (batch, heads, keys, head_dim) like q");
   TORCH_CHECK(prefix >= 0 && prefix <= K, "pyprune_C.masked_attention: prefix must be in [0, keys]");
   TORCH_CHECK(std::isfinite(scale), "pyprune_C.masked_attention: scale must be finite");
+  at::Tensor valid;
   if (key_valid) {
     TORCH_CHECK(key_valid->device().is_cpu() && key_valid->scalar_type() == at::kBool && key_valid->dim() == 2 &&
                     key_valid->size(0) == B && key_valid->size(1) == K,
                 "pyprune_C.masked_attention: key_valid must be a (batch, keys) bool CPU tensor");
-    valid_ = key_valid->contiguous();
+    valid = key_valid->contiguous();
   }
   // Features must be contiguous; any other strides are read in place.
-  q_ = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
-  k_ = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
-  v_ = v_in.stride(3) == 1 ? v_in : v_in.contiguous();
-  out_ = at::empty({B, Q, H * D}, q_.options());
-  pairs_ = B * H;
-  grain_ = std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, Q * (K + 1) * D));
-  scratch_ = attn::scratch_floats(K, D);
-  if (out_.numel() == 0) return;
-  const at::Tensor* vp = key_valid ? &valid_ : nullptr;
-  bf16_ = dtype == at::kBFloat16;
-  if (bf16_)
-    b16_ = problem<uint16_t>(q_, k_, v_, vp, prefix, scale, out_);
+  const at::Tensor q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
+  const at::Tensor k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
+  const at::Tensor v = v_in.stride(3) == 1 ? v_in : v_in.contiguous();
+  at::Tensor out = at::empty({B, Q, H * D}, q.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor* vp = key_valid ? &valid : nullptr;
+  const int64_t grain = std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, Q * (K + 1) * D));
+  const int64_t floats = scratch_floats(K, D);
+  auto run = [&](auto p, auto heads) {
+    at::parallel_for(0, B * H, grain, [&](int64_t first, int64_t last) {
+      std::vector<float> scratch(floats);
+      heads(p, first, last, scratch.data());
+    });
+  };
+  if (dtype == at::kFloat)
+    run(problem<float>(q, k, v, vp, prefix, scale, out), attention_heads);
   else
-    f32_ = problem<float>(q_, k_, v_, vp, prefix, scale, out_);
-}
-
-void PreparedAttention::run(int64_t first, int64_t last, float* scratch) const {
-  if (out_.numel() == 0) return;
-  if (bf16_)
-    attention_heads_bf16(b16_, first, last, scratch);
-  else
-    attention_heads(f32_, first, last, scratch);
-}
-
-at::Tensor attention_op(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                        const c10::optional<at::Tensor>& key_valid, int64_t prefix, double scale) {
-  const PreparedAttention call(q_in, k_in, v_in, key_valid, prefix, scale);
-  at::parallel_for(0, call.pairs(), call.grain(), [&](int64_t first, int64_t last) {
-    std::vector<float> scratch(call.scratch_floats());
-    call.run(first, last, scratch.data());
-  });
-  return call.output();
+    run(problem<uint16_t>(q, k, v, vp, prefix, scale, out), attention_heads_bf16);
+  return out;
 }
 
 TORCH_LIBRARY_IMPL(pyprune_C, CPU, m) { m.impl("masked_attention", &attention_op); }

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../sparse/block_sparse_core.h"
 #include "cpu_ops.h"
 
 namespace pyprune {
@@ -17,9 +18,9 @@ void check_index(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-PreparedLinear::PreparedLinear(const at::Tensor& x_in, const at::Tensor& blocks, const at::Tensor& row_ptr,
-                               const at::Tensor& col_index, const c10::optional<at::Tensor>& bias,
-                               c10::string_view activation_name, const c10::optional<at::Tensor>& out) {
+at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at::Tensor& row_ptr,
+                     const at::Tensor& col_index, const c10::optional<at::Tensor>& bias,
+                     c10::string_view activation_name) {
   TORCH_CHECK(x_in.device().is_cpu() && (x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16) &&
                   x_in.dim() == 2,
               "pyprune_C.bsr_linear: x must be a 2-D float32 or bfloat16 CPU tensor");
@@ -51,45 +52,22 @@ PreparedLinear::PreparedLinear(const at::Tensor& x_in, const at::Tensor& blocks,
   TORCH_CHECK(activation_name == "none" || activation_name == "gelu",
               "pyprune_C.bsr_linear: activation must be 'none' or 'gelu'");
   const Activation activation = activation_name == "gelu" ? Activation::kGelu : Activation::kNone;
-  x_ = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
-  if (out) {
-    TORCH_CHECK(out->device().is_cpu() && out->scalar_type() == dtype && out->dim() == 2 &&
-                    out->size(0) == x_.size(0) && out->size(1) == out_features && out->stride(1) == 1,
-                "pyprune_C.bsr_linear: out must be a (rows, out_features) CPU tensor of x's dtype with unit "
-                "column stride");
-    y_ = *out;
-  } else {
-    y_ = at::empty({x_.size(0), out_features}, x_.options());
-  }
-  rows_ = out_features == 0 ? 0 : x_.size(0);
-  block_rows_ = block_rows;
-  bf16_ = dtype == at::kBFloat16;
-  if (!bf16_) {
-    f32_ = Problem{x_.data_ptr<float>(), x_.size(0), x_.stride(0), blocks.data_ptr<float>(), rp, ci, block_rows,
-                   bias ? bias->data_ptr<float>() : nullptr, y_.data_ptr<float>(), y_.stride(0), activation};
-    return;
+  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
+  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
+  if (x.size(0) == 0 || out_features == 0) return y;
+  if (dtype == at::kFloat) {
+    const Problem p{x.data_ptr<float>(), x.size(0), x.stride(0), blocks.data_ptr<float>(), rp, ci, block_rows,
+                    bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), y.stride(0), activation};
+    at::parallel_for(0, block_rows, 1, [&](int64_t first, int64_t last) { linear_rows(p, first, last); });
+    return y;
   }
   // bfloat16 as its bit patterns.
   auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
-  b16_ = ProblemBf16{bits(x_), x_.size(0), x_.stride(0), bits(blocks), rp, ci, block_rows,
-                     bias ? bits(*bias) : nullptr, reinterpret_cast<uint16_t*>(y_.data_ptr<at::BFloat16>()),
-                     y_.stride(0), activation};
-}
-
-void PreparedLinear::run(int64_t first, int64_t last) const {
-  if (rows_ == 0) return;
-  if (bf16_)
-    linear_rows_bf16(b16_, first, last);
-  else
-    linear_rows(f32_, first, last);
-}
-
-at::Tensor linear_op(const at::Tensor& x_in, const at::Tensor& blocks, const at::Tensor& row_ptr,
-                     const at::Tensor& col_index, const c10::optional<at::Tensor>& bias,
-                     c10::string_view activation_name) {
-  const PreparedLinear call(x_in, blocks, row_ptr, col_index, bias, activation_name);
-  at::parallel_for(0, call.block_rows(), 1, [&](int64_t first, int64_t last) { call.run(first, last); });
-  return call.output();
+  const ProblemBf16 p{bits(x), x.size(0), x.stride(0), bits(blocks), rp, ci, block_rows,
+                      bias ? bits(*bias) : nullptr, reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()),
+                      y.stride(0), activation};
+  at::parallel_for(0, block_rows, 1, [&](int64_t first, int64_t last) { linear_rows_bf16(p, first, last); });
+  return y;
 }
 
 TORCH_LIBRARY_IMPL(pyprune_C, CPU, m) { m.impl("bsr_linear", &linear_op); }

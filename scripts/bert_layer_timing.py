@@ -1,0 +1,73 @@
+"""One packed encoder layer of DEER at decoding's shapes: ``pyprune_C::bert_layer`` against the same layer
+as Python ops, per call.
+
+    python scripts/bert_layer_timing.py RUN_DIR [--dtype bfloat16] [--rounds 7] [--calls 300]
+                                        [--source 21] [--target 17]
+
+The first layer of RUN_DIR's keep-1 packed sub-network, on random rows, in
+the two shapes decoding gives it: an edit pass (--target query rows against
+--source cached keys and values plus their own) and the CTC pass (--source +
+2 x --source rows, the source rows seeing only the source). Each way runs
+--calls times per timing, the two ways interleaved over --rounds rounds; prints
+median us per call and the ratio, and checks both ways give the same bits.
+To compare two builds, run it with PYTHONPATH set to each in turn.
+"""
+import argparse
+
+import torch
+
+import pyprune.deer.model as deer_model
+from pyprune.benchmarks.common import interleaved_median_ms
+from pyprune.deer.api import Deer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--source", type=int, default=21)
+    parser.add_argument("--target", type=int, default=17)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    dtype = getattr(torch, args.dtype)
+    deer, _ = Deer.load(args.run)
+    layer = deer.sub_network(1.0, dtype, packed=True).encoder.encoder.layer[0]
+    hidden = layer.attention.output.LayerNorm.normalized_shape[0]
+    torch.manual_seed(0)
+    S, T = args.source, args.target
+    source = torch.randn(1, S, hidden).to(dtype)
+    edit_rows, joint_rows = torch.randn(1, T, hidden).to(dtype), torch.randn(1, 3 * S, hidden).to(dtype)
+    fused_weights = deer_model._fused_weights
+    with torch.inference_mode():
+        _, k, v = deer_model._layer_kv(layer, source, source, None, torch.ones(1, 1, 1, S, dtype=torch.bool))
+        shapes = {
+            f"edit pass: {T} rows, {S} cached keys": lambda: deer_model._layer_kv(
+                layer, edit_rows, edit_rows, (k, v), torch.ones(1, 1, 1, S + T, dtype=torch.bool))[0],
+            f"CTC pass: {3 * S} rows, {S} of them source": lambda: deer_model._layer_kv(
+                layer, joint_rows, joint_rows, None, torch.ones(1, 1, 1, 3 * S, dtype=torch.bool), source_rows=S)[0],
+        }
+
+        def way(fused: bool, call):
+            def run():
+                deer_model._fused_weights = fused_weights if fused else (lambda *a: None)
+                for _ in range(args.calls):
+                    out = call()
+                deer_model._fused_weights = fused_weights
+                return out
+            return run
+
+        print(f"{args.dtype}, 2 threads, us per layer call, median of {args.rounds} interleaved rounds of {args.calls}")
+        print("| shape | Python ops us | bert_layer us | speed-up | same bits |")
+        print("|---|---:|---:|---:|---:|")
+        for name, call in shapes.items():
+            python, fused = way(False, call), way(True, call)
+            same = torch.equal(python(), fused())                 # (also the warm-up)
+            ms = interleaved_median_ms([python, fused], "cpu", repeats=args.rounds)
+            us = [1e3 * t / args.calls for t in ms]
+            print(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[0] / us[1]:.2f}x | {same} |")
+
+
+if __name__ == "__main__":
+    main()
