@@ -5,18 +5,34 @@
 
 Decodes the first --sentences test sentences as ``pyprune deer evaluate``
 does (the packed sub-network of --keep, its penalties), once to warm up,
-once timed, once under the profiler; prints ms per sentence and the
-profiler's table of operators by self CPU time (--shapes: one line per
-operator and input shapes). The profiler's own overhead inflates the total;
-read the shares, not the absolute times.
+once timed, once under the profiler; prints ms per sentence, how many
+target passes over the encoder an edit iteration ran (each sentence also
+runs one CTC pass), and the profiler's table of operators by self CPU time
+(--shapes: one line per operator and input shapes). The profiler's own
+overhead inflates the total; read the shares, not the absolute times.
 """
 import time
+from unittest import mock
 
 import torch
 from torch.profiler import profile
 
 from _deer_ab import setup
 from pyprune.deer.generate import generate_ids
+from pyprune.deer.model import DeerModel
+
+
+def count_passes(decode) -> list:
+    """(target length, whether only some rows' states were asked for) of every ``decode_target`` pass that
+    `decode()` runs: the edit iterations' passes (the fill pass runs its last layer on the placeholders)."""
+    passes, real = [], DeerModel.decode_target
+
+    def counted(model, cache, targets, rows=None):
+        passes.append((targets.shape[1], rows is not None))
+        return real(model, cache, targets, rows)
+    with mock.patch.object(DeerModel, "decode_target", counted):
+        decode()
+    return passes
 
 
 def options(parser) -> None:
@@ -40,6 +56,11 @@ def main() -> None:
         decode()
         print(f"keep {args.keep:g}, {args.iterations} iterations, batch {args.batch_size}, {args.dtype}: "
               f"{1e3 * (time.perf_counter() - start) / len(sources):.2f} ms per sentence over {len(sources)}")
+        passes = count_passes(decode)
+        fill = sum(only_rows for _, only_rows in passes)
+        rows = sum(length for length, _ in passes) / max(len(passes), 1)
+        print(f"edit passes per sentence: {(len(passes) - fill) / len(sources):.2f} over every target row, "
+              f"{fill / len(sources):.2f} filling placeholders; {rows:.1f} target tokens per pass")
         with profile(record_shapes=args.shapes) as prof:
             decode()
     print(prof.key_averages(group_by_input_shape=args.shapes).table(sort_by="self_cpu_time_total",
