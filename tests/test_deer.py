@@ -11,17 +11,21 @@ import torch
 import transformers
 
 import pyprune
+import pyprune.deer.model as deer_model
 
 from pyprune.deer import Deer, DeerObjective
 from pyprune.deer.baseline import AutoregressiveBaseline, train_baseline
 from pyprune.deer.generate import fill_words, generate_ids, pad_rows
 from pyprune.deer.losses import (PENALTY_GRID, content, ctc_draft_tokens, glance, length_matching_penalty,
                                  random_deletion)
-from pyprune.deer.model import SourceCache, _kv, _layer, pack_for_inference
+from pyprune.deer.model import (DeerConfig, DeerModel, SourceCache, _kv, _layer, _plain_embeddings,
+                                pack_for_inference)
 from pyprune.deer.train import TrainConfig, encode_pairs, set_dropout, target_vocabulary, train
 from pyprune.nn import BlockSparseLinear, PackedLinear
 from pyprune.ops import apply_ins_words, attention, get_ins_targets
 from pyprune.sparse.linear import packed_usable
+
+from pruning_models import tiny_model
 
 SOURCES = ["el perro come pan", "la casa es grande y bonita", "dios es amor"]
 TARGETS = ["the dog eats bread", "the house is big and pretty", "god is love"]
@@ -96,6 +100,29 @@ def test_layers_compute_what_the_backbone_computes(tokenizer, training):
         for layer in model.encoder.encoder.layer:
             h = _layer(layer, h, *_kv(layer, h), valid[:, None, None, :])
     torch.testing.assert_close(h[valid], expected[valid], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoding_embeddings_are_the_backbones(family, dtype, monkeypatch):
+    # Out of training and without autograd, _embed sums the embedding tables itself: it must give the bits of
+    # the backbone's own embedding module, for each backbone family, both token types and padded rows.
+    encoder = tiny_model(family, type_vocab_size=2).to(dtype)
+    config = DeerConfig(pad_id=encoder.config.pad_token_id, bos_id=2, eos_id=3, unk_id=4, mask_id=5)
+    model = DeerModel(encoder, config).eval()
+    ids = torch.randint(6, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    ids[1, -3:] = config.pad_id
+    plain = []
+    monkeypatch.setattr(deer_model, "_plain_embeddings",
+                        lambda *args: plain.append(1) or _plain_embeddings(*args))
+    for token_type in (0, 1):
+        positions = torch.arange(9)[None].expand(2, -1) + model.position_offset
+        with torch.no_grad():
+            expected = encoder.embeddings(input_ids=ids, token_type_ids=torch.full_like(ids, token_type),
+                                          position_ids=positions)
+            assert torch.equal(model._embed(ids, token_type), expected)
+        assert torch.equal(model._embed(ids, token_type), expected)          # autograd on: the module itself
+    assert len(plain) == 2
 
 
 def test_one_pass_over_source_and_target_equals_two(tokenizer):
