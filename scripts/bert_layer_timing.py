@@ -7,13 +7,10 @@ as Python ops, per call.
 The first layer of RUN_DIR's keep-1 packed sub-network, on random rows, in
 the two shapes decoding gives it: an edit pass (--target query rows against
 --source cached keys and values plus their own) and the CTC pass (--source +
-2 x --source rows, the source rows seeing only the source). Three ways: the
-Python ops, ``bert_layer`` projecting q, k and v in three kernel calls (the
-layer's weights without ``packed_qkv``), and ``bert_layer`` as decoding runs it
-(q, k and v in one call). Each way runs --calls times per timing, the ways
-interleaved over --rounds rounds; prints median us per call and the ratios,
-and checks all ways give the same bits. To compare two builds, run it with
-PYTHONPATH set to each in turn.
+2 x --source rows, the source rows seeing only the source). Each way runs
+--calls times per timing, the two ways interleaved over --rounds rounds; prints
+median us per call and the ratio, and checks both ways give the same bits.
+To compare two builds, run it with PYTHONPATH set to each in turn.
 """
 import argparse
 
@@ -52,13 +49,9 @@ def main() -> None:
                 layer, joint_rows, joint_rows, None, torch.ones(1, 1, 1, 3 * S, dtype=torch.bool), source_rows=S)[0],
         }
 
-        ways = {"python": lambda *a: None,
-                "three q/k/v calls": lambda *a: (lambda w: None if w is None else w[:28])(fused_weights(*a)),
-                "bert_layer": fused_weights}
-
-        def way(weights, call):
+        def way(fused: bool, call):
             def run():
-                deer_model._fused_weights = weights
+                deer_model._fused_weights = fused_weights if fused else (lambda *a: None)
                 for _ in range(args.calls):
                     out = call()
                 deer_model._fused_weights = fused_weights
@@ -66,17 +59,14 @@ def main() -> None:
             return run
 
         print(f"{args.dtype}, 2 threads, us per layer call, median of {args.rounds} interleaved rounds of {args.calls}")
-        print("| shape | Python ops us | bert_layer, q/k/v in 3 calls us | bert_layer us | speed-up over Python "
-              "| q/k/v in 1 call against 3 | same bits |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| shape | Python ops us | bert_layer us | speed-up | same bits |")
+        print("|---|---:|---:|---:|---:|")
         for name, call in shapes.items():
-            runs = [way(weights, call) for weights in ways.values()]
-            outs = [run() for run in runs]                                  # (also the warm-up)
-            same = all(torch.equal(outs[0], out) for out in outs[1:])
-            ms = interleaved_median_ms(runs, "cpu", repeats=args.rounds)
+            python, fused = way(False, call), way(True, call)
+            same = torch.equal(python(), fused())                 # (also the warm-up)
+            ms = interleaved_median_ms([python, fused], "cpu", repeats=args.rounds)
             us = [1e3 * t / args.calls for t in ms]
-            print(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[2]:.1f} | {us[0] / us[2]:.2f}x | {us[1] / us[2]:.2f}x "
-                  f"| {same} |")
+            print(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[0] / us[1]:.2f}x | {same} |")
 
 
 if __name__ == "__main__":

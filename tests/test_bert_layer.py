@@ -54,8 +54,7 @@ def test_fused_layer_gives_what_the_python_layer_gives(tokenizer, unfused, dtype
     sources, targets = batch(deer)
     layer = model.encoder.encoder.layer[0]
     mask = targets.ne(0)[:, None, None, :]
-    weights = _fused_weights(layer, torch.zeros(1, 1, 64, dtype=dtype), mask)
-    assert weights is not None and len(weights) == 32        # the fused path runs, with q/k/v in one linear
+    assert _fused_weights(layer, torch.zeros(1, 1, 64, dtype=dtype), mask) is not None    # the fused path runs
     with torch.inference_mode():
         fused = states(model, sources, targets)
         unfused(True)
@@ -158,32 +157,6 @@ def test_bad_arguments_to_the_raw_op_are_errors_not_crashes(tokenizer):
     swapped[12:16] = weights[16:20]                                          # the FFN's first layer as output
     with pytest.raises(RuntimeError, match="hidden"):
         op(h, h, None, None, valid, 0, swapped, 2, 1e-12)
-    with pytest.raises(RuntimeError, match="3 x 64 features"):               # the query alone as q/k/v
-        op(h, h, None, None, valid, 0, weights[:28] + weights[:4], 2, 1e-12)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("keep", [1.0, 0.5])
-def test_query_key_and_value_in_one_kernel_call_give_the_same_layer(tokenizer, dtype, keep):
-    # pack_for_inference packs a layer's q/k/v as one linear too (the three are views of its block rows):
-    # where the keys come from the query rows the op projects them in one call, with the same sums per
-    # output as three calls (the same bits); where they do not, or without it, three calls.
-    deer, model = packed_model(tokenizer, dtype, keep)
-    attention = model.encoder.encoder.layer[0].attention.self
-    assert attention.query.blocks.data_ptr() == attention.packed_qkv.blocks.data_ptr()
-    layer = model.encoder.encoder.layer[0]
-    torch.manual_seed(0)
-    h = torch.randn(2, 5, 64).to(dtype)
-    valid = torch.ones(2, 5, dtype=torch.bool)
-    valid[1, 4:] = False
-    weights = _fused_weights(layer, h, valid[:, None, None, :])
-    op = torch.ops.pyprune_C.bert_layer
-    with torch.inference_mode():
-        one_call = op(h, h, None, None, valid, 2, weights, 2, 1e-12)
-        three_calls = op(h, h, None, None, valid, 2, weights[:28], 2, 1e-12)
-        other_rows = op(h, h.clone(), None, None, valid, 2, weights, 2, 1e-12)
-    for a, b, c in zip(one_call, three_calls, other_rows):
-        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 

@@ -61,28 +61,6 @@ def test_zero_blocks_are_skipped_and_a_block_sparse_layer_stays_exact():
         assert torch.equal(dead(torch.randn(3, 40)), torch.arange(40.0).expand(3, 40))
 
 
-@needs_kernel
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_block_rows_are_views_with_the_same_outputs(dtype):
-    # A layer's block rows as a layer of their own (how q, k and v share one packed layer): its outputs are
-    # the whole layer's at those features, bit for bit, and its blocks are the layer's, not a copy.
-    torch.manual_seed(2)
-    mask = torch.rand(4, 3) < 0.6
-    mask[1:3, 0] = False                                                # a block row with fewer live blocks
-    whole = PackedLinear.from_linear(BlockSparseLinear(96, 128, block_mask=mask).to(dtype))
-    part = whole.block_rows(1, 3)
-    assert (part.in_features, part.out_features, part.live_blocks) == (96, 64, int(mask[1:3].sum()))
-    assert part.blocks.data_ptr() == whole.blocks[int(whole.row_ptr[1])].data_ptr()
-    assert part.bias.data_ptr() == whole.bias[32].data_ptr()
-    x = torch.randn(7, 96).to(dtype)
-    with torch.no_grad():
-        assert torch.equal(part(x), whole(x)[:, 32:96])
-        assert torch.equal(whole.block_rows(0, 4)(x), whole(x))
-    for first, last in [(2, 2), (-1, 2), (0, 5), (1.0, 2)]:
-        with pytest.raises(ValueError, match="first, last"):
-            whole.block_rows(first, last)
-
-
 def test_the_layer_copies_and_does_not_train():
     linear = nn.Linear(32, 32)
     packed = PackedLinear.from_linear(linear)

@@ -23,9 +23,6 @@ namespace {
 
 constexpr int64_t kLinears = 6;  // query, key, value, attention output, FFN in, FFN out
 constexpr int64_t kWeights = 4 * kLinears + 4;
-// Optionally after those: query, key and value packed as one linear (their outputs in that order), which
-// projects the layer's rows in one kernel call where the keys and values come from the query rows.
-constexpr int64_t kWeightsWithQkv = kWeights + 4;
 
 struct Packed {
   const at::Tensor &blocks, &row_ptr, &col_index, &bias;
@@ -80,10 +77,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bert_layer(
                   kv_in.size(2) == q_in.size(2) && kv_in.scalar_type() == q_in.scalar_type(),
               "pyprune_C.bert_layer: kv_in and q_in must be (batch, rows, hidden) tensors of one batch, hidden "
               "size and dtype");
-  const int64_t given = static_cast<int64_t>(weights.size());
-  TORCH_CHECK(given == kWeights || given == kWeightsWithQkv, "pyprune_C.bert_layer: weights must hold ", kWeights,
-              " tensors (blocks, row_ptr, col_index, bias of 6 packed linears, then 2 LayerNorms' weight and "
-              "bias), or ", kWeightsWithQkv, " (then those 4 of query, key and value packed as one), got ", given);
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == kWeights, "pyprune_C.bert_layer: weights must hold ",
+              kWeights, " tensors (blocks, row_ptr, col_index, bias of 6 packed linears, then 2 LayerNorms' "
+              "weight and bias), got ", weights.size());
   std::vector<Packed> linear;
   for (int64_t i = 0; i < kLinears; ++i)
     linear.push_back(Packed{weights[4 * i], weights[4 * i + 1], weights[4 * i + 2], weights[4 * i + 3]});
@@ -109,25 +105,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bert_layer(
   }
 
   auto as_heads = [&](const at::Tensor& x, int64_t rows) { return x.view({B, rows, heads, D}).transpose(1, 2); };
-  const at::Tensor q_rows = q_in.reshape({B * Tq, H});
-  at::Tensor q, k, v;
-  if (given == kWeightsWithQkv && kv_in.is_same(q_in)) {
-    const Packed qkv{weights[kWeights], weights[kWeights + 1], weights[kWeights + 2], weights[kWeights + 3]};
-    TORCH_CHECK(qkv.out_features() == 3 * inner,
-                "pyprune_C.bert_layer: the packed query, key and value must give 3 x ", inner, " features");
-    // (batch, rows, 3, heads, head_dim): q, k and v read in place, their rows 3 x inner apart.
-    const at::Tensor projected = qkv(q_rows).view({B, Tq, 3, heads, D});
-    q = projected.select(2, 0).transpose(1, 2);
-    k = projected.select(2, 1).transpose(1, 2);
-    v = projected.select(2, 2).transpose(1, 2);
-  } else {
-    const at::Tensor kv_rows = kv_in.reshape({B * Tk, H});
-    k = as_heads(linear[1](kv_rows), Tk);
-    v = as_heads(linear[2](kv_rows), Tk);
-    q = as_heads(linear[0](q_rows), Tq);
-  }
+  const at::Tensor kv_rows = kv_in.reshape({B * Tk, H});
+  const at::Tensor k = as_heads(linear[1](kv_rows), Tk), v = as_heads(linear[2](kv_rows), Tk);
   const at::Tensor keys = prefix_k ? join_keys(*prefix_k, k) : k;
   const at::Tensor values = prefix_k ? join_keys(*prefix_v, v) : v;
+  const at::Tensor q_rows = q_in.reshape({B * Tq, H});
+  const at::Tensor q = as_heads(linear[0](q_rows), Tq);
   const at::Tensor context = attn::attention_op(q, keys, values, key_valid, source_rows, 1.0 / std::sqrt(double(D)));
   at::Tensor attended = linear[3](context.view({B * Tq, inner}));
   add_residual(attended, q_rows);

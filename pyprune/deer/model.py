@@ -39,7 +39,6 @@ from torch import Tensor, nn
 from .._memo import unless_recorded
 from .._validation import fail
 from ..nn.packed import PackedLinear, fuse_gelu, pack_linears
-from ..nn.sparse import BlockSparseLinear
 from ..sparse.layout import BLOCK
 from ..sparse.linear import packed_usable
 from .. import backends
@@ -94,38 +93,13 @@ def pack_for_inference(model: nn.Module) -> int:
     model then only decodes: packed layers do not train, and its other parameters stop requiring gradients,
     so that decoding outside ``torch.no_grad()`` does not hand the packed layers inputs that do."""
     _pad_ffn_widths(model)
-    count = _pack_qkv(model) + pack_linears(model)
+    count = pack_linears(model)
     if count:
         fuse_gelu(model)
         with torch.no_grad():
             model.output_layer = PackedLinear(model.output_matrix(), model.output_bias)
         model.requires_grad_(False)
         count += 1
-    return count
-
-
-def _pack_qkv(model: nn.Module) -> int:
-    """Pack the query, key and value of every BERT-family self-attention (linears of one input width, with
-    biases and whole 32-wide blocks) as one ``PackedLinear`` (``packed_qkv``), and make ``query``, ``key`` and
-    ``value`` views of its block rows (``PackedLinear.block_rows``: no copy of the weights); returns how many
-    linears were packed. ``bert_layer`` then projects a layer's rows in one kernel call instead of three,
-    with the same sums per output, and everything else uses the three as before."""
-    count = 0
-    for m in model.modules():
-        parts = [m._modules.get(name) for name in QKV]
-        if (any(type(p) not in (nn.Linear, BlockSparseLinear) or p.bias is None or p.out_features % BLOCK
-                for p in parts)
-                or len({(p.in_features, p.weight.dtype, p.weight.device) for p in parts}) != 1
-                or not packed_usable(parts[0].weight.device, parts[0].weight.dtype)):
-            continue
-        with torch.no_grad():
-            fused = PackedLinear(torch.cat([p.weight for p in parts]), torch.cat([p.bias for p in parts]))
-        m.packed_qkv = fused
-        first = 0
-        for name, p in zip(QKV, parts):
-            setattr(m, name, fused.block_rows(first, first + p.out_features // BLOCK))
-            first += p.out_features // BLOCK
-        count += len(parts)
     return count
 
 
@@ -166,9 +140,6 @@ def inference_copy(model: nn.Module, dtype: Optional[torch.dtype] = None, packed
     if packed:
         pack_for_inference(model)
     return model.eval()
-
-
-QKV = ("query", "key", "value")
 
 
 # The transformers embedding classes whose forward, given token types and positions, is LayerNorm(word +
@@ -237,8 +208,7 @@ def _child(module: nn.Module, *names: str) -> nn.Module:
 def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[list]:
     """The weights ``pyprune_C::bert_layer`` takes for `layer`, or None where it cannot run the layer: it
     does where ``pack_for_inference`` packed it (six packed linears with biases and whole 32-wide blocks,
-    the GELU in the FFN's first, then their two LayerNorms' weights and biases, then ``packed_qkv`` where the
-    layer has it), out of training, for a key-padding `mask` and CPU float32/bfloat16 rows
+    the GELU in the FFN's first), out of training, for a key-padding `mask` and CPU float32/bfloat16 rows
     that need no gradient, with the ``cpp`` backend enabled."""
     if (layer.training or mask.shape[2] != 1 or not attention.kernel_usable(q_in, q_in, q_in)
             or not backends.has_kernel("bert_layer", "CPU")):
@@ -262,14 +232,7 @@ def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[lis
     if any(type(n) is not nn.LayerNorm for n in norms) or norms[0].eps != norms[1].eps:
         return None
     affine = [n._parameters[name] for n in norms for name in ("weight", "bias")]
-    if any(p is None for p in affine):
-        return None
-    weights += affine
-    qkv = sa._modules.get("packed_qkv")
-    if type(qkv) is PackedLinear and qkv.activation == "none" and qkv._buffers["blocks"].dtype is q_in.dtype:
-        buffers = qkv._buffers
-        weights += (buffers["blocks"], buffers["row_ptr"], buffers["col_index"], buffers["bias"])
-    return weights
+    return None if any(p is None for p in affine) else weights + affine
 
 
 def _layer_kv(layer: nn.Module, kv_in: Tensor, q_in: Tensor, prefix: Optional[tuple[Tensor, Tensor]],

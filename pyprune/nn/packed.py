@@ -66,25 +66,6 @@ class PackedLinear(nn.Module):
             fail("linear", "an nn.Linear", type(linear).__name__)
         return cls(linear.weight, linear.bias)
 
-    def block_rows(self, first: int, last: int) -> "PackedLinear":
-        """Outputs [32 `first`, 32 `last`) of this layer (block rows `first` to `last`) as a layer of their own
-        whose blocks, block columns and bias are views of this layer's, not copies: the same sums for those
-        outputs."""
-        rows = self.row_ptr.numel() - 1
-        if not (isinstance(first, int) and isinstance(last, int) and 0 <= first < last <= rows):
-            fail("first, last", f"block rows with 0 <= first < last <= {rows}", (first, last))
-        start, stop = int(self.row_ptr[first]), int(self.row_ptr[last])
-        part = PackedLinear.__new__(PackedLinear)
-        nn.Module.__init__(part)
-        part.activation = self.activation
-        part.in_features = self.in_features
-        part.out_features = min(self.out_features, BLOCK * last) - BLOCK * first
-        part.register_buffer("blocks", self.blocks[start:stop])
-        part.register_buffer("row_ptr", self.row_ptr[first:last + 1] - start)
-        part.register_buffer("col_index", self.col_index[start:stop])
-        part.register_buffer("bias", None if self.bias is None else self.bias[BLOCK * first:BLOCK * last])
-        return part
-
     @property
     def live_blocks(self) -> int:
         return self.blocks.shape[0]
