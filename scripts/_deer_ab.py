@@ -1,10 +1,11 @@
 """What the DEER A/B scripts share: their arguments, the trained model and its first test sentences, the
-interleaved timing loop and its table."""
+interleaved timing loops and their table."""
 import argparse
 import time
 
 import torch
 
+from pyprune.benchmarks.common import interleaved_median_ms
 from pyprune.data.parallel import read_split
 from pyprune.deer.api import Deer
 from pyprune.deer.cli import _data_dir
@@ -29,6 +30,13 @@ def setup(doc: str, configure=None, dtype_option: bool = False):
     deer, _ = Deer.load(args.run)
     sources = deer.encode([s for s, _ in read_split(_data_dir("default"), "test")])[:args.sentences]
     return args, deer, sources
+
+
+def per_call_us(fns, calls: int, rounds: int) -> list:
+    """Median microseconds per call of each of `fns`, each timed over `calls` calls in a row, the fns
+    interleaved over `rounds` rounds (``interleaved_median_ms``); no warm-up (the caller's)."""
+    loops = [lambda fn=fn: [fn() for _ in range(calls)] for fn in fns]
+    return [1e3 * ms / calls for ms in interleaved_median_ms(loops, "cpu", repeats=rounds)]
 
 
 def median(values: list) -> float:
@@ -85,13 +93,13 @@ def switched(decoders: dict, switch, rounds: int, sentences: int):
         switch(True)
 
 
-def print_ab(names, variants, times, outputs, columns, extra=None, dtype=None) -> None:
-    """The A/B table of decodings at batch 1 (captioned with `dtype` when given): per name, the median ms of
+def print_ab(names, variants, times, outputs, columns, extra=None, dtype=None, batch: int = 1) -> None:
+    """The A/B table of decodings at `batch` (captioned with `dtype` when given): per name, the median ms of
     the two `variants` (headed `columns`), the speed-up and how many outputs stay the same; `extra`: (header,
     {name: value}) for one more column after the name."""
     a, b = variants
     rounds, sentences = len(times[names[0], a]), len(outputs[names[0], a])
-    print(f"\n{f'{dtype}, ' if dtype else ''}batch 1, ms per sentence over {sentences} test sentences, median of "
+    print(f"\n{f'{dtype}, ' if dtype else ''}batch {batch}, ms per sentence over {sentences} test sentences, median of "
           f"{rounds} interleaved rounds")
     head = f" {extra[0]} |" if extra else ""
     print(f"| decoding |{head} {columns[0]} ms | {columns[1]} ms | speed-up | outputs unchanged |")

@@ -17,7 +17,7 @@ import argparse
 import torch
 
 import pyprune.deer.model as deer_model
-from pyprune.benchmarks.common import interleaved_median_ms
+from _deer_ab import per_call_us
 from pyprune.deer.api import Deer
 
 
@@ -52,10 +52,10 @@ def main() -> None:
         def way(fused: bool, call):
             def run():
                 deer_model._fused_weights = fused_weights if fused else (lambda *a: None)
-                for _ in range(args.calls):
-                    out = call()
-                deer_model._fused_weights = fused_weights
-                return out
+                try:
+                    return call()
+                finally:
+                    deer_model._fused_weights = fused_weights
             return run
 
         print(f"{args.dtype}, 2 threads, us per layer call, median of {args.rounds} interleaved rounds of {args.calls}")
@@ -64,8 +64,7 @@ def main() -> None:
         for name, call in shapes.items():
             python, fused = way(False, call), way(True, call)
             same = torch.equal(python(), fused())                 # (also the warm-up)
-            ms = interleaved_median_ms([python, fused], "cpu", repeats=args.rounds)
-            us = [1e3 * t / args.calls for t in ms]
+            us = per_call_us([python, fused], args.calls, args.rounds)
             print(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[0] / us[1]:.2f}x | {same} |")
 
 

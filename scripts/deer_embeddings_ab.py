@@ -15,8 +15,7 @@ sentence, the ratio, and how many outputs stay the same (all should).
 import torch
 
 import pyprune.deer.model as deer_model
-from _deer_ab import deer_decoders, print_ab, setup, switched
-from pyprune.benchmarks.common import interleaved_median_ms
+from _deer_ab import deer_decoders, per_call_us, print_ab, setup, switched
 
 PLAIN = deer_model.PLAIN_EMBEDDINGS
 
@@ -34,15 +33,14 @@ def call_table(deer, sources, dtype) -> None:
     def way(on: bool):
         def run():
             use_plain(on)
-            for _ in range(calls):
-                out = model._embed(slots, model.target_type)
-            use_plain(True)
-            return out
+            try:
+                return model._embed(slots, model.target_type)
+            finally:
+                use_plain(True)
         return run
     module, plain = way(False), way(True)
     same = torch.equal(module(), plain())                              # (also the warm-up)
-    ms = interleaved_median_ms([module, plain], "cpu", repeats=7)
-    us = [1e3 * t / calls for t in ms]
+    us = per_call_us([module, plain], calls, 7)
     print(f"one embedding call, {tuple(slots.shape)} slots, {dtype}: module {us[0]:.1f} us, direct sums "
           f"{us[1]:.1f} us ({us[0] / us[1]:.2f}x), same bits: {same}")
 

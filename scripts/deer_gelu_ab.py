@@ -13,13 +13,12 @@ baseline of RUN_DIR. Prints median ms, the ratio, and how many outputs stay the
 same (bfloat16 rounds the fused output once instead of twice, which can flip a
 greedy choice).
 """
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _deer_ab import deer_decoders, interleaved, median, print_ab, setup
+from _deer_ab import deer_decoders, interleaved, per_call_us, print_ab, setup
 from pyprune.deer.cli import _load_baseline
 from pyprune.deer.model import inference_copy
 from pyprune.nn import PackedLinear
@@ -45,16 +44,10 @@ def layer_table(dtype: torch.dtype) -> None:
     print("|---:|---:|---:|---:|")
     for rows in (1, 21, 63):
         x = torch.randn(rows, 384).to(dtype)
-        calls = {"separate": lambda: F.gelu(plain(x)), "fused": lambda: fused(x)}
-        times = {}
-        for _ in range(7):
-            for name, call in calls.items():
-                call()
-                start = time.perf_counter()
-                for _ in range(200):
-                    call()
-                times.setdefault(name, []).append(1e6 * (time.perf_counter() - start) / 200)
-        a, b = median(times["separate"]), median(times["fused"])
+        calls = [lambda: F.gelu(plain(x)), lambda: fused(x)]
+        for call in calls:                                                   # warm-up
+            call()
+        a, b = per_call_us(calls, 200, 7)
         print(f"| {rows} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
 
 

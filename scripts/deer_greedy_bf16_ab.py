@@ -14,11 +14,9 @@ greedy decoder switched between the two, interleaved in one process: DEER at
 keep 1 and 0.25, CTC only and one edit iteration. Prints median ms per
 sentence, the ratio, and how many outputs stay the same (all should).
 """
-import time
-
 import torch
 
-from _deer_ab import interleaved, median, setup
+from _deer_ab import interleaved, per_call_us, print_ab, setup
 import pyprune.deer.losses as losses
 from pyprune.deer.generate import generate_ids
 from pyprune.ops import ctc_greedy_decode
@@ -34,16 +32,9 @@ def op_table() -> None:
     lengths = torch.full((32,), 54)
     calls = {"copy": lambda: float32_first(logits, lengths, batch_first=True),
              "direct": lambda: ctc_greedy_decode(logits, lengths, batch_first=True)}
-    a, b = (call() for call in calls.values())
+    a, b = (call() for call in calls.values())                        # (also the warm-up)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    times = {}
-    for _ in range(7):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            for _ in range(10):
-                call()
-            times.setdefault(name, []).append(1e3 * (time.perf_counter() - start) / 10)
-    before, after = median(times["copy"]), median(times["direct"])
+    before, after = (us / 1e3 for us in per_call_us(list(calls.values()), 10, 7))
     print("ctc_greedy_decode, bfloat16 logits (32, 54, 5327) batch-first, ms per call, median of 7 loops of 10")
     print("| float32 copy, then the kernel | the kernel on bfloat16 | speed-up |\n|---:|---:|---:|")
     print(f"| {before:.2f} | {after:.2f} | {before / after:.2f}x |")
@@ -71,13 +62,8 @@ def main() -> None:
             times, outputs = interleaved(run, list(decoders), (False, True), args.rounds, len(sources))
         finally:
             losses.ctc_greedy_decode = ctc_greedy_decode
-    print(f"\nbfloat16, batch {args.batch_size}, ms per sentence over {len(sources)} test sentences, median of "
-          f"{args.rounds} interleaved rounds")
-    print("| decoding | float32 copy ms | bfloat16 read ms | speed-up | outputs unchanged |\n|---|---:|---:|---:|---:|")
-    for name in decoders:
-        before, after = median(times[name, False]), median(times[name, True])
-        same = sum(x == y for x, y in zip(outputs[name, False], outputs[name, True]))
-        print(f"| {name} | {before:.2f} | {after:.2f} | {before / after:.2f}x | {same}/{len(sources)} |")
+    print_ab(list(decoders), (False, True), times, outputs, ("float32 copy", "bfloat16 read"), dtype=torch.bfloat16,
+             batch=args.batch_size)
 
 
 if __name__ == "__main__":
