@@ -10,6 +10,11 @@ the two shapes decoding gives it: an edit pass (--target query rows against
 2 x --source rows, the source rows seeing only the source). Each way runs
 --calls times per timing, the two ways interleaved over --rounds rounds; prints
 median us per call and the ratio, and checks both ways give the same bits.
+A second table times ``bert_layer`` on the first layer called six times in a
+row against the six layers once each, in turn, as a pass runs them: the
+first finds the layer's weights in cache, the second reads them from wherever
+the other layers left them (all six do not fit this CPU's caches), so the
+gap is what reading the weights costs a pass.
 To compare two builds, run it with PYTHONPATH set to each in turn.
 """
 import argparse
@@ -33,7 +38,8 @@ def main() -> None:
     torch.set_num_threads(2)
     dtype = getattr(torch, args.dtype)
     deer, _ = Deer.load(args.run)
-    layer = deer.sub_network(1.0, dtype, packed=True).encoder.encoder.layer[0]
+    layers = deer.sub_network(1.0, dtype, packed=True).encoder.encoder.layer
+    layer = layers[0]
     hidden = layer.attention.output.LayerNorm.normalized_shape[0]
     torch.manual_seed(0)
     S, T = args.source, args.target
@@ -66,6 +72,25 @@ def main() -> None:
             same = torch.equal(python(), fused())                 # (also the warm-up)
             us = per_call_us([python, fused], args.calls, args.rounds)
             print(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[0] / us[1]:.2f}x | {same} |")
+
+        source_mask = torch.ones(1, 1, 1, S, dtype=torch.bool)
+        caches = [deer_model._layer_kv(each, source, source, None, source_mask)[1:] for each in layers]
+        passes = {
+            f"edit pass: {T} rows, {S} cached keys": lambda each, i: deer_model._layer_kv(
+                each, edit_rows, edit_rows, caches[i], torch.ones(1, 1, 1, S + T, dtype=torch.bool)),
+            f"CTC pass: {3 * S} rows, {S} of them source": lambda each, i: deer_model._layer_kv(
+                each, joint_rows, joint_rows, None, torch.ones(1, 1, 1, 3 * S, dtype=torch.bool), source_rows=S),
+        }
+        print(f"\nbert_layer, us per layer call: the first layer six times in a row against the {len(layers)} "
+              f"layers in turn, median of {args.rounds} interleaved rounds of {args.calls // len(layers)}")
+        print("| shape | one layer repeated us | layers in turn us | ratio |")
+        print("|---|---:|---:|---:|")
+        for name, call in passes.items():
+            repeated = lambda: [call(layers[0], 0) for _ in layers]
+            in_turn = lambda: [call(each, i) for i, each in enumerate(layers)]
+            repeated(), in_turn()                                 # warm-up
+            us = [t / len(layers) for t in per_call_us([repeated, in_turn], args.calls // len(layers), args.rounds)]
+            print(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[1] / us[0]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,17 @@
 // weights into (k, k+1) pairs in registers (unpacklo/hi: the accumulators
 // then hold the outputs in a fixed permuted order, undone once per tile) and
 // does two multiply-adds per lane with vdpbf16ps: twice the float32 rate.
+//
+// Prefetch: the first tile of a block row waits on its weights (a model's
+// layers are larger than the caches, so they come from memory); the tiles
+// after it find them in cache and only compute. Those later tiles (the
+// second one) therefore prefetch the next block row's weights into L2, so
+// its first tile starts on cached weights too. One-tile calls (up to 12
+// rows: the AR baseline's one-token steps) are left to the hardware
+// prefetcher: there the stream is the whole cost, and extra prefetches
+// measured slower.
 #include <array>
+#include <cstddef>
 #include <cstring>
 #include <utility>
 
@@ -38,6 +48,23 @@ namespace pyprune {
 namespace bsr {
 namespace {
 
+// The weights of the block row after a tile's, for the tile to prefetch (`size` elements from `start`; none
+// where `start` is null).
+template <typename T>
+struct Ahead {
+  const T* start;
+  int64_t size;
+};
+
+// Prefetches into L2 `rows` k-rows of 32 weights at `offset` into `ahead`'s block row: the lines a tile
+// reads at that offset into its own block row (nothing past the next row's end).
+template <typename T>
+PYPRUNE_INLINE void prefetch_k_rows(const Ahead<T>& ahead, int64_t offset, int rows) {
+  constexpr int kLine = 64 / sizeof(T);
+  if (ahead.start == nullptr || offset >= ahead.size) return;
+  for (int i = 0; i < rows * kBlock; i += kLine) __builtin_prefetch(ahead.start + offset + i, 0, 2);
+}
+
 // The finished float32 outputs of one tile (bias included) for block row r, token rows [m0, m0 + Tile), in
 // vectors of V's width: activated, then stored (bfloat16: rounded once).
 template <int Tile, typename T, typename V, int P>
@@ -56,9 +83,10 @@ PYPRUNE_INLINE void store_tile(const ProblemOf<T>& p, int64_t r, int64_t m0, V (
     for (int j = 0; j < P; ++j) store(y + m * p.ldy + j * lanes_of<V>, out[m][j]);
 }
 
-// Outputs of block row r for token rows [m0, m0 + Tile), in vectors of N lanes.
+// Outputs of block row r for token rows [m0, m0 + Tile), in vectors of N lanes; prefetching `ahead` at the
+// offsets it reads.
 template <int Tile, int N, typename T>
-PYPRUNE_INLINE void tile(const ProblemOf<T>& p, int64_t r, int64_t m0) {
+PYPRUNE_INLINE void tile(const ProblemOf<T>& p, int64_t r, int64_t m0, Ahead<T> ahead) {
   using V = VecF<N>;
   constexpr int P = kBlock / N;  // vectors per row of 32 outputs
   V acc[Tile][P];
@@ -72,10 +100,12 @@ PYPRUNE_INLINE void tile(const ProblemOf<T>& p, int64_t r, int64_t m0) {
 #pragma GCC unroll 8
     for (int j = 0; j < P; ++j) acc[m][j] = start[j];
   const T* x = p.x + m0 * p.ldx;
+  const T* row = p.blocks + p.row_ptr[r] * kBlock * kBlock;
   for (int64_t b = p.row_ptr[r]; b < p.row_ptr[r + 1]; ++b) {
     const T* w = p.blocks + b * kBlock * kBlock;
     const T* xc = x + p.col_index[b] * kBlock;
     for (int k = 0; k < kBlock; ++k) {
+      prefetch_k_rows(ahead, (w - row) + k * kBlock, 1);
       V wk[P];
 #pragma GCC unroll 8
       for (int j = 0; j < P; ++j) wk[j] = load<V>(w + k * kBlock + j * N);
@@ -95,15 +125,18 @@ PYPRUNE_INLINE void tile(const ProblemOf<T>& p, int64_t r, int64_t m0) {
 // and two pairwise dot products per token row. acc[m][0] holds outputs {0-3, 8-11, 16-19, 24-27} of the
 // block row (unpacklo's order), acc[m][1] the others.
 template <int Tile>
-PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void tile_dot(const ProblemBf16& p, int64_t r, int64_t m0) {
+PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void tile_dot(const ProblemBf16& p, int64_t r, int64_t m0,
+                                                       Ahead<uint16_t> ahead) {
   __m512 acc[Tile][2];
 #pragma GCC unroll 16
   for (int m = 0; m < Tile; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
   const uint16_t* x = p.x + m0 * p.ldx;
+  const uint16_t* row = p.blocks + p.row_ptr[r] * kBlock * kBlock;
   for (int64_t b = p.row_ptr[r]; b < p.row_ptr[r + 1]; ++b) {
     const uint16_t* w = p.blocks + b * kBlock * kBlock;
     const uint16_t* xc = x + p.col_index[b] * kBlock;
     for (int k = 0; k < kBlock; k += 2) {
+      prefetch_k_rows(ahead, (w - row) + k * kBlock, 2);
       const __m512i even = _mm512_loadu_si512(w + k * kBlock), odd = _mm512_loadu_si512(w + (k + 1) * kBlock);
       const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(even, odd);
       const __m512bh hi = (__m512bh)_mm512_unpackhi_epi16(even, odd);
@@ -141,14 +174,14 @@ PYPRUNE_TARGET_AVX512BF16 PYPRUNE_INLINE void tile_dot(const ProblemBf16& p, int
 // to 7 rows: a load and a store around every multiply-add, up to 1.9x slower); alone, every size keeps
 // them in registers.
 template <typename T>
-using TileKernel = void (*)(const ProblemOf<T>&, int64_t, int64_t);
+using TileKernel = void (*)(const ProblemOf<T>&, int64_t, int64_t, Ahead<T>);
 
 #define PYPRUNE_TILE_VARIANT(NAME, TARGET, BODY)                                        \
   struct NAME {                                                                         \
     template <int Tile, typename T>                                                     \
     TARGET __attribute__((noinline)) static void run(const ProblemOf<T>& p, int64_t r, \
-                                                     int64_t m0) {                      \
-      BODY(p, r, m0);                                                                   \
+                                                     int64_t m0, Ahead<T> ahead) {      \
+      BODY(p, r, m0, ahead);                                                            \
     }                                                                                   \
   };
 
@@ -176,12 +209,17 @@ void rows(const ProblemOf<T>& p, int64_t first, int64_t last) {
   static constexpr auto table = tile_table<Variant, T>(std::make_integer_sequence<int, MaxTile>{});
   if (p.rows <= 0) return;
   const int64_t tiles = (p.rows + MaxTile - 1) / MaxTile, base = p.rows / tiles, larger = p.rows % tiles;
-  for (int64_t r = first; r < last; ++r)
+  for (int64_t r = first; r < last; ++r) {
+    // The second tile prefetches the next block row of this range (see the top of the file).
+    const Ahead<T> next = r + 1 < last ? Ahead<T>{p.blocks + p.row_ptr[r + 1] * kBlock * kBlock,
+                                                  (p.row_ptr[r + 2] - p.row_ptr[r + 1]) * kBlock * kBlock}
+                                       : Ahead<T>{nullptr, 0};
     for (int64_t t = 0, m = 0; t < tiles; ++t) {
       const int64_t size = base + (t < larger ? 1 : 0);
-      table[size - 1](p, r, m);
+      table[size - 1](p, r, m, t == 1 ? next : Ahead<T>{nullptr, 0});
       m += size;
     }
+  }
 }
 
 }  // namespace
