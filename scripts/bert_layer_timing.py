@@ -10,11 +10,11 @@ the two shapes decoding gives it: an edit pass (--target query rows against
 2 x --source rows, the source rows seeing only the source). Each way runs
 --calls times per timing, the two ways interleaved over --rounds rounds; prints
 median us per call and the ratio, and checks both ways give the same bits.
-A second table times ``bert_layer`` on the first layer called six times in a
-row against the six layers once each, in turn, as a pass runs them: the
-first finds the layer's weights in cache, the second reads them from wherever
-the other layers left them (all six do not fit this CPU's caches), so the
-gap is what reading the weights costs a pass.
+A second table times ``bert_layer`` on the first layer called once per layer
+of the model (six for MiniLM) in a row against every layer once, in turn, as
+a pass runs them: the first finds the layer's weights in cache, the second
+reads them from wherever the other layers left them (all six do not fit this
+CPU's caches), so the gap is what reading the weights costs a pass.
 To compare two builds, run it with PYTHONPATH set to each in turn.
 """
 import argparse
@@ -81,8 +81,9 @@ def main() -> None:
             f"CTC pass: {3 * S} rows, {S} of them source": lambda each, i: deer_model._layer_kv(
                 each, joint_rows, joint_rows, None, torch.ones(1, 1, 1, 3 * S, dtype=torch.bool), source_rows=S),
         }
-        print(f"\nbert_layer, us per layer call: the first layer six times in a row against the {len(layers)} "
-              f"layers in turn, median of {args.rounds} interleaved rounds of {args.calls // len(layers)}")
+        n = len(layers)
+        print(f"\nbert_layer, us per layer call: the first layer {n} times in a row against the {n} layers in "
+              f"turn, median of {args.rounds} interleaved rounds of {args.calls // n}")
         print("| shape | one layer repeated us | layers in turn us | ratio |")
         print("|---|---:|---:|---:|")
         for name, call in passes.items():

@@ -57,8 +57,8 @@ def child(tree: str, args) -> dict:
     config = {"scripts": HERE, "dtype": args.dtype, "run": os.path.abspath(args.run), "sentences": args.sentences,
               "keeps": args.keeps, "iterations": args.iterations}
     env = dict(os.environ, PYTHONPATH=tree)
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], env=env, cwd=tree, check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], env=env, cwd=tree, check=True,
+                         capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     expected = os.path.join(os.path.realpath(tree), "pyprune")
     if not os.path.realpath(result["module"]).startswith(expected):
