@@ -39,20 +39,22 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     deer, _ = Deer.load(args.run)
     layers = deer.sub_network(1.0, dtype, packed=True).encoder.encoder.layer
-    layer = layers[0]
-    hidden = layer.attention.output.LayerNorm.normalized_shape[0]
+    hidden = layers[0].attention.output.LayerNorm.normalized_shape[0]
     torch.manual_seed(0)
     S, T = args.source, args.target
     source = torch.randn(1, S, hidden).to(dtype)
     edit_rows, joint_rows = torch.randn(1, T, hidden).to(dtype), torch.randn(1, 3 * S, hidden).to(dtype)
     fused_weights = deer_model._fused_weights
     with torch.inference_mode():
-        _, k, v = deer_model._layer_kv(layer, source, source, None, torch.ones(1, 1, 1, S, dtype=torch.bool))
-        shapes = {
-            f"edit pass: {T} rows, {S} cached keys": lambda: deer_model._layer_kv(
-                layer, edit_rows, edit_rows, (k, v), torch.ones(1, 1, 1, S + T, dtype=torch.bool))[0],
-            f"CTC pass: {3 * S} rows, {S} of them source": lambda: deer_model._layer_kv(
-                layer, joint_rows, joint_rows, None, torch.ones(1, 1, 1, 3 * S, dtype=torch.bool), source_rows=S)[0],
+        source_mask = torch.ones(1, 1, 1, S, dtype=torch.bool)
+        caches = [deer_model._layer_kv(each, source, source, None, source_mask)[1:] for each in layers]
+        # The two shapes, as (layer index) -> that layer's output rows.
+        passes = {
+            f"edit pass: {T} rows, {S} cached keys": lambda i: deer_model._layer_kv(
+                layers[i], edit_rows, edit_rows, caches[i], torch.ones(1, 1, 1, S + T, dtype=torch.bool))[0],
+            f"CTC pass: {3 * S} rows, {S} of them source": lambda i: deer_model._layer_kv(
+                layers[i], joint_rows, joint_rows, None, torch.ones(1, 1, 1, 3 * S, dtype=torch.bool),
+                source_rows=S)[0],
         }
 
         def way(fused: bool, call):
@@ -67,30 +69,22 @@ def main() -> None:
         print(f"{args.dtype}, 2 threads, us per layer call, median of {args.rounds} interleaved rounds of {args.calls}")
         print("| shape | Python ops us | bert_layer us | speed-up | same bits |")
         print("|---|---:|---:|---:|---:|")
-        for name, call in shapes.items():
-            python, fused = way(False, call), way(True, call)
+        for name, call in passes.items():
+            python, fused = way(False, lambda: call(0)), way(True, lambda: call(0))
             same = torch.equal(python(), fused())                 # (also the warm-up)
             us = per_call_us([python, fused], args.calls, args.rounds)
             print(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[0] / us[1]:.2f}x | {same} |")
 
-        source_mask = torch.ones(1, 1, 1, S, dtype=torch.bool)
-        caches = [deer_model._layer_kv(each, source, source, None, source_mask)[1:] for each in layers]
-        passes = {
-            f"edit pass: {T} rows, {S} cached keys": lambda each, i: deer_model._layer_kv(
-                each, edit_rows, edit_rows, caches[i], torch.ones(1, 1, 1, S + T, dtype=torch.bool)),
-            f"CTC pass: {3 * S} rows, {S} of them source": lambda each, i: deer_model._layer_kv(
-                each, joint_rows, joint_rows, None, torch.ones(1, 1, 1, 3 * S, dtype=torch.bool), source_rows=S),
-        }
         n = len(layers)
         print(f"\nbert_layer, us per layer call: the first layer {n} times in a row against the {n} layers in "
               f"turn, median of {args.rounds} interleaved rounds of {args.calls // n}")
         print("| shape | one layer repeated us | layers in turn us | ratio |")
         print("|---|---:|---:|---:|")
         for name, call in passes.items():
-            repeated = lambda: [call(layers[0], 0) for _ in layers]
-            in_turn = lambda: [call(each, i) for i, each in enumerate(layers)]
+            repeated = lambda: [call(0) for _ in range(n)]
+            in_turn = lambda: [call(i) for i in range(n)]
             repeated(), in_turn()                                 # warm-up
-            us = [t / len(layers) for t in per_call_us([repeated, in_turn], args.calls // len(layers), args.rounds)]
+            us = [t / n for t in per_call_us([repeated, in_turn], args.calls // n, args.rounds)]
             print(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[1] / us[0]:.2f}x |")
 
 

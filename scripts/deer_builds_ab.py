@@ -25,12 +25,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TREE = os.path.dirname(HERE)
 
 CHILD = r"""
-import json, sys, time
+import json, sys
 config = json.loads(sys.argv[1])
 sys.path.insert(0, config["scripts"])
 import torch
 import pyprune
-from _deer_ab import deer_decoders
+from _deer_ab import deer_decoders, interleaved
 from pyprune.data.parallel import read_split
 from pyprune.deer.api import Deer
 from pyprune.deer.cli import _data_dir, _load_baseline
@@ -42,14 +42,11 @@ sources = deer.encode([s for s, _ in read_split(_data_dir("default"), "test")])[
 baseline = _load_baseline(config["run"], deer)
 decoders = deer_decoders(deer, sources, dtype, config["keeps"], config["iterations"],
                          None if baseline is None else inference_copy(baseline, dtype))
-times, outputs = {}, {}
-for name, decode in decoders.items():
+for decode in decoders.values():                          # warm-up
     decode()
-for name, decode in decoders.items():
-    start = time.perf_counter()
-    outputs[name] = decode()
-    times[name] = 1e3 * (time.perf_counter() - start) / len(sources)
-print(json.dumps({"module": pyprune.__file__, "times": times, "outputs": outputs}))
+times, outputs = interleaved(lambda name, _: decoders[name](), list(decoders), (None,), 1, len(sources))
+print(json.dumps({"module": pyprune.__file__, "times": {name: ms for (name, _), (ms,) in times.items()},
+                  "outputs": {name: ids for (name, _), ids in outputs.items()}}))
 """
 
 

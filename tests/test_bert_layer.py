@@ -64,7 +64,6 @@ def test_fused_layer_gives_what_the_python_layer_gives(tokenizer, unfused, dtype
         assert torch.equal(a, b)                    # the same ops in the same order: the same bits
 
 
-
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
 def test_the_fused_layer_is_the_same_at_any_thread_count(tokenizer, unfused, threads):
     # The op's kernels split their work among however many threads there are (one: inline; more than the
@@ -82,6 +81,7 @@ def test_the_fused_layer_is_the_same_at_any_thread_count(tokenizer, unfused, thr
         torch.set_num_threads(previous)
     for a, b in zip(fused, python):
         assert torch.equal(a, b)
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decoding_with_the_fused_layer_is_unchanged(tokenizer, unfused, dtype):
