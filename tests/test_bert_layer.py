@@ -135,7 +135,7 @@ def test_bad_arguments_to_the_raw_op_are_errors_not_crashes(tokenizer):
     layer = model.encoder.encoder.layer[0]
     h = torch.randn(2, 5, 64)
     valid = torch.ones(2, 5, dtype=torch.bool)
-    weights = _fused_weights(layer, h, valid[:, None, None, :])
+    weights, _, _ = _fused_weights(layer, h, valid[:, None, None, :])
     op = torch.ops.pyprune_C.bert_layer
     out, k, v = op(h, h, None, None, valid, 0, weights, 2, 1e-12)
     assert out.shape == (2, 5, 64) and k.shape == (2, 2, 5, 32)
@@ -171,7 +171,7 @@ def test_cached_keys_in_any_layout_give_the_same_layer(tokenizer, dtype):
     prefix_k, prefix_v = (torch.randn(2, 2, 3, 32).to(dtype) for _ in range(2))
     valid = torch.ones(2, 8, dtype=torch.bool)
     valid[1, 6:] = False
-    weights = _fused_weights(layer, h, valid[:, None, None, :])
+    weights, _, _ = _fused_weights(layer, h, valid[:, None, None, :])
     op = torch.ops.pyprune_C.bert_layer
     with torch.inference_mode():
         expected = op(h, h, prefix_k, prefix_v, valid, 0, weights, 2, 1e-12)[0]

@@ -204,11 +204,11 @@ def _child(module: nn.Module, *names: str) -> nn.Module:
     return module
 
 
-def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[list]:
-    """The weights ``pyprune_C::bert_layer`` takes for `layer`, or None where it cannot run the layer: it
-    does where ``pack_for_inference`` packed it (six packed linears with biases and whole 32-wide blocks,
-    the GELU in the FFN's first), out of training, for a key-padding `mask` and CPU float32/bfloat16 rows
-    that need no gradient, with the ``cpp`` backend enabled."""
+def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[tuple[list, int, float]]:
+    """(the weights, heads, LayerNorm eps) ``pyprune_C::bert_layer`` takes for `layer`, or None where it
+    cannot run the layer: it does where ``pack_for_inference`` packed it (six packed linears with biases and
+    whole 32-wide blocks, the GELU in the FFN's first), out of training, for a key-padding `mask` and CPU
+    float32/bfloat16 rows that need no gradient, with the ``cpp`` backend enabled."""
     if (layer.training or mask.shape[2] != 1 or not attention.kernel_usable(q_in, q_in, q_in)
             or not backends.has_kernel("bert_layer", "CPU")):
         return None
@@ -231,7 +231,9 @@ def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[lis
     if any(type(n) is not nn.LayerNorm for n in norms) or norms[0].eps != norms[1].eps:
         return None
     affine = [n._parameters[name] for n in norms for name in ("weight", "bias")]
-    return None if any(p is None for p in affine) else weights + affine
+    if any(p is None for p in affine):
+        return None
+    return weights + affine, sa.num_attention_heads, norms[0].eps
 
 
 def _layer_kv(layer: nn.Module, kv_in: Tensor, q_in: Tensor, prefix: Optional[tuple[Tensor, Tensor]],
@@ -240,12 +242,10 @@ def _layer_kv(layer: nn.Module, kv_in: Tensor, q_in: Tensor, prefix: Optional[tu
     values (cached ones, or None) followed by `kv_in`'s, under `mask` and `source_rows` (as in ``_layer``).
     Where ``_fused_weights`` allows, the whole layer is one call of ``pyprune_C::bert_layer`` (the same ops
     in C++: the Python between them costs about a quarter of a layer at decoding's few rows)."""
-    weights = _fused_weights(layer, q_in, mask)
-    if weights is not None:
+    fused = _fused_weights(layer, q_in, mask)
+    if fused is not None:
         prefix_k, prefix_v = prefix if prefix is not None else (None, None)
-        return torch.ops.pyprune_C.bert_layer(kv_in, q_in, prefix_k, prefix_v, mask[:, 0, 0], source_rows, weights,
-                                              _child(layer, "attention", "self").num_attention_heads,
-                                              _child(layer, "attention", "output", "LayerNorm").eps)
+        return torch.ops.pyprune_C.bert_layer(kv_in, q_in, prefix_k, prefix_v, mask[:, 0, 0], source_rows, *fused)
     k, v = _kv(layer, kv_in)
     keys, values = (k, v) if prefix is None else (torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2))
     return _layer(layer, q_in, keys, values, mask, source_rows), k, v
