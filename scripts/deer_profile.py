@@ -2,6 +2,7 @@
 
     python scripts/deer_profile.py RUN_DIR [--sentences 30] [--keep 1] [--iterations 1]
                                    [--batch-size 1] [--dtype float32] [--rows 25] [--shapes]
+                                   [--rounds 3]
 
 Decodes the first --sentences test sentences as ``pyprune deer evaluate``
 does (the packed sub-network of --keep, its penalties), once to warm up,
@@ -10,6 +11,12 @@ target passes over the encoder an edit iteration ran (each sentence also
 runs one CTC pass), and the profiler's table of operators by self CPU time
 (--shapes: one line per operator and input shapes). The profiler's own
 overhead inflates the total; read the shares, not the absolute times.
+
+Before the table, without the profiler: the wall time of a decoding split
+into the time inside the extension's encoder-layer and packed-linear calls
+(``pyprune_C::bert_layer``, ``pyprune_C::bsr_linear``, timed by wrapping
+them) and the rest (Python and the small torch ops between them), the
+median of --rounds decodings.
 """
 import time
 from unittest import mock
@@ -35,6 +42,42 @@ def count_passes(decode) -> list:
     return passes
 
 
+# The extension's ops that hold a decoding's arithmetic; the split times every call of each.
+HEAVY_OPS = ("bert_layer", "bsr_linear")
+
+
+def split_time(decode, rounds: int) -> dict:
+    """{"total", *HEAVY_OPS, "rest"}: seconds of one `decode()` (the round with the median total of
+    `rounds`), in all and inside each of ``HEAVY_OPS``' calls, and the rest."""
+    inside = dict.fromkeys(HEAVY_OPS, 0.0)
+
+    def timed(name, op):
+        def call(*args):
+            start = time.perf_counter()
+            try:
+                return op(*args)
+            finally:
+                inside[name] += time.perf_counter() - start
+        return call
+
+    namespace = torch.ops.pyprune_C
+    patches = [mock.patch.object(namespace, name, timed(name, getattr(namespace, name))) for name in HEAVY_OPS]
+    splits = []
+    for _ in range(rounds):
+        inside.update(dict.fromkeys(HEAVY_OPS, 0.0))
+        for patch in patches:
+            patch.start()
+        try:
+            start = time.perf_counter()
+            decode()
+            total = time.perf_counter() - start
+        finally:
+            for patch in patches:
+                patch.stop()
+        splits.append({"total": total, **inside, "rest": total - sum(inside.values())})
+    return sorted(splits, key=lambda split: split["total"])[len(splits) // 2]
+
+
 def options(parser) -> None:
     parser.add_argument("--keep", type=float, default=1.0)
     parser.add_argument("--iterations", type=int, default=1)
@@ -56,6 +99,11 @@ def main() -> None:
         decode()
         print(f"keep {args.keep:g}, {args.iterations} iterations, batch {args.batch_size}, {args.dtype}: "
               f"{1e3 * (time.perf_counter() - start) / len(sources):.2f} ms per sentence over {len(sources)}")
+        split = split_time(decode, args.rounds)
+        print("split, ms per sentence: " + ", ".join(
+            f"{name} {1e3 * seconds / len(sources):.2f} ({100 * seconds / split['total']:.0f}%)"
+            for name, seconds in split.items() if name != "total")
+            + f" of {1e3 * split['total'] / len(sources):.2f}")
         passes = count_passes(decode)
         fill = sum(only_rows for _, only_rows in passes)
         rows = sum(length for length, _ in passes) / max(len(passes), 1)
