@@ -2,7 +2,7 @@
 
     python scripts/deer_profile.py RUN_DIR [--sentences 30] [--keep 1] [--iterations 1]
                                    [--batch-size 1] [--dtype float32] [--rows 25] [--shapes]
-                                   [--rounds 3]
+                                   [--rounds 3] [--autoregressive]
 
 Decodes the first --sentences test sentences as ``pyprune deer evaluate``
 does (the packed sub-network of --keep, its penalties), once to warm up,
@@ -16,7 +16,9 @@ Before the table, without the profiler: the wall time of a decoding split
 into the time inside the extension's encoder-layer and packed-linear calls
 (``pyprune_C::bert_layer``, ``pyprune_C::bsr_linear``, timed by wrapping
 them) and the rest (Python and the small torch ops between them), the
-median of --rounds decodings.
+median of --rounds decodings; --autoregressive: the same split for RUN_DIR's
+autoregressive baseline on the packed kernel in --dtype (its attention
+kernel's calls, ``pyprune_C::masked_attention``, counted apart too).
 """
 import time
 from unittest import mock
@@ -25,8 +27,9 @@ import torch
 from torch.profiler import profile
 
 from _deer_ab import setup
+from pyprune.deer.cli import _load_baseline
 from pyprune.deer.generate import generate_ids
-from pyprune.deer.model import DeerModel
+from pyprune.deer.model import DeerModel, inference_copy
 
 
 def count_passes(decode) -> list:
@@ -43,7 +46,7 @@ def count_passes(decode) -> list:
 
 
 # The extension's ops that hold a decoding's arithmetic; the split times every call of each.
-HEAVY_OPS = ("bert_layer", "bsr_linear")
+HEAVY_OPS = ("bert_layer", "bsr_linear", "masked_attention")
 
 
 def split_time(decode, rounds: int) -> dict:
@@ -84,6 +87,15 @@ def options(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rows", type=int, default=25, help="table rows")
     parser.add_argument("--shapes", action="store_true")
+    parser.add_argument("--autoregressive", action="store_true", help="split the AR baseline's decoding too")
+
+
+def print_split(label: str, decode, rounds: int, sentences: int) -> None:
+    split = split_time(decode, rounds)
+    print(f"{label} split, ms per sentence: " + ", ".join(
+        f"{name} {1e3 * seconds / sentences:.2f} ({100 * seconds / split['total']:.0f}%)"
+        for name, seconds in split.items() if name != "total" and (seconds or name == "rest"))
+        + f" of {1e3 * split['total'] / sentences:.2f}")
 
 
 def main() -> None:
@@ -99,11 +111,15 @@ def main() -> None:
         decode()
         print(f"keep {args.keep:g}, {args.iterations} iterations, batch {args.batch_size}, {args.dtype}: "
               f"{1e3 * (time.perf_counter() - start) / len(sources):.2f} ms per sentence over {len(sources)}")
-        split = split_time(decode, args.rounds)
-        print("split, ms per sentence: " + ", ".join(
-            f"{name} {1e3 * seconds / len(sources):.2f} ({100 * seconds / split['total']:.0f}%)"
-            for name, seconds in split.items() if name != "total")
-            + f" of {1e3 * split['total'] / len(sources):.2f}")
+        print_split("DEER", decode, args.rounds, len(sources))
+        if args.autoregressive:
+            baseline = _load_baseline(args.run, deer)
+            if baseline is None:
+                raise SystemExit(f"{args.run} has no autoregressive baseline (baseline.pt)")
+            ar = inference_copy(baseline, args.dtype)
+            ar.generate_ids(sources[:1], batch_size=1)                   # warm-up
+            print_split("autoregressive", lambda: ar.generate_ids(sources, batch_size=args.batch_size), args.rounds,
+                        len(sources))
         passes = count_passes(decode)
         fill = sum(only_rows for _, only_rows in passes)
         rows = sum(length for length, _ in passes) / max(len(passes), 1)
