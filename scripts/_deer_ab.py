@@ -58,15 +58,20 @@ def deer_decoders(deer, sources, dtype, keeps, iterations, baseline=None) -> dic
     return decoders
 
 
+def ar_baseline(run: str, deer, dtype):
+    """RUN_DIR's AR baseline on the packed kernel in `dtype`, as ``pyprune deer evaluate`` decodes it; None
+    where the run has none."""
+    from pyprune.deer.cli import _load_baseline
+    from pyprune.deer.model import inference_copy
+    baseline = _load_baseline(run, deer)
+    return None if baseline is None else inference_copy(baseline, dtype)
+
+
 def decoders_with_baseline(args, deer, sources, iterations) -> dict:
     """``deer_decoders`` at keep 1 and the smallest keep, in --dtype, with RUN_DIR's AR baseline (when it has
     one) on the packed kernel in that dtype: what the switch A/B scripts decode."""
-    from pyprune.deer.cli import _load_baseline
-    from pyprune.deer.model import inference_copy
-    baseline = _load_baseline(args.run, deer)
-    ar = None if baseline is None else inference_copy(baseline, args.dtype)
     keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
-    return deer_decoders(deer, sources, args.dtype, keeps, iterations, ar)
+    return deer_decoders(deer, sources, args.dtype, keeps, iterations, ar_baseline(args.run, deer, args.dtype))
 
 
 def interleaved(run, names, variants, rounds: int, sentences: int):

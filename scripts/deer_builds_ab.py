@@ -30,18 +30,16 @@ config = json.loads(sys.argv[1])
 sys.path.insert(0, config["scripts"])
 import torch
 import pyprune
-from _deer_ab import deer_decoders, interleaved
+from _deer_ab import ar_baseline, deer_decoders, interleaved
 from pyprune.data.parallel import read_split
 from pyprune.deer.api import Deer
-from pyprune.deer.cli import _data_dir, _load_baseline
-from pyprune.deer.model import inference_copy
+from pyprune.deer.cli import _data_dir
 torch.set_num_threads(2)
 dtype = getattr(torch, config["dtype"])
 deer, _ = Deer.load(config["run"])
 sources = deer.encode([s for s, _ in read_split(_data_dir("default"), "test")])[:config["sentences"]]
-baseline = _load_baseline(config["run"], deer)
 decoders = deer_decoders(deer, sources, dtype, config["keeps"], config["iterations"],
-                         None if baseline is None else inference_copy(baseline, dtype))
+                         ar_baseline(config["run"], deer, dtype))
 for decode in decoders.values():                          # warm-up
     decode()
 times, outputs = interleaved(lambda name, _: decoders[name](), list(decoders), (None,), 1, len(sources))

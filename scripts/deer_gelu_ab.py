@@ -18,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _deer_ab import deer_decoders, interleaved, per_call_us, print_ab, setup
-from pyprune.deer.cli import _load_baseline
-from pyprune.deer.model import inference_copy
+from _deer_ab import ar_baseline, deer_decoders, interleaved, per_call_us, print_ab, setup
 from pyprune.nn import PackedLinear
 from pyprune.nn.packed import activation_slots
 
@@ -56,8 +54,7 @@ def main() -> None:
     dtype = args.dtype
     with torch.inference_mode():
         layer_table(dtype)
-    baseline = _load_baseline(args.run, deer)
-    ar = None if baseline is None else inference_copy(baseline, dtype)
+    ar = ar_baseline(args.run, deer, dtype)
     keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
     decoders = deer_decoders(deer, sources, dtype, keeps, (0, 1), ar)
     models = {name: deer.sub_network(keep, dtype, packed=True)          # cached: the decoders' own models

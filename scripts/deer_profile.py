@@ -6,14 +6,14 @@
 
 Decodes the first --sentences test sentences as ``pyprune deer evaluate``
 does (the packed sub-network of --keep, its penalties), once to warm up,
-once timed, once under the profiler; prints ms per sentence, how many
-target passes over the encoder an edit iteration ran (each sentence also
-runs one CTC pass), and the profiler's table of operators by self CPU time
-(--shapes: one line per operator and input shapes). The profiler's own
+--rounds times timed, once under the profiler; prints ms per sentence, how
+many target passes over the encoder an edit iteration ran (each sentence
+also runs one CTC pass), and the profiler's table of operators by self CPU
+time (--shapes: one line per operator and input shapes). The profiler's own
 overhead inflates the total; read the shares, not the absolute times.
 
-Before the table, without the profiler: the wall time of a decoding split
-into the time inside the extension's encoder-layer and packed-linear calls
+The timed decodings run without the profiler: their wall time split into
+the time inside the extension's encoder-layer and packed-linear calls
 (``pyprune_C::bert_layer``, ``pyprune_C::bsr_linear``, timed by wrapping
 them) and the rest (Python and the small torch ops between them), the
 median of --rounds decodings; --autoregressive: the same split for RUN_DIR's
@@ -26,10 +26,9 @@ from unittest import mock
 import torch
 from torch.profiler import profile
 
-from _deer_ab import setup
-from pyprune.deer.cli import _load_baseline
+from _deer_ab import ar_baseline, setup
 from pyprune.deer.generate import generate_ids
-from pyprune.deer.model import DeerModel, inference_copy
+from pyprune.deer.model import DeerModel
 
 
 def count_passes(decode) -> list:
@@ -106,17 +105,14 @@ def main() -> None:
         return generate_ids(model, sources, max_iter=args.iterations, batch_size=args.batch_size, **penalties)
 
     with torch.inference_mode():
-        decode()
-        start = time.perf_counter()
-        decode()
-        print(f"keep {args.keep:g}, {args.iterations} iterations, batch {args.batch_size}, {args.dtype}: "
-              f"{1e3 * (time.perf_counter() - start) / len(sources):.2f} ms per sentence over {len(sources)}")
+        decode()                                                          # warm-up
+        print(f"keep {args.keep:g}, {args.iterations} iterations, batch {args.batch_size}, {args.dtype}, "
+              f"{len(sources)} sentences")
         print_split("DEER", decode, args.rounds, len(sources))
         if args.autoregressive:
-            baseline = _load_baseline(args.run, deer)
-            if baseline is None:
+            ar = ar_baseline(args.run, deer, args.dtype)
+            if ar is None:
                 raise SystemExit(f"{args.run} has no autoregressive baseline (baseline.pt)")
-            ar = inference_copy(baseline, args.dtype)
             ar.generate_ids(sources[:1], batch_size=1)                   # warm-up
             print_split("autoregressive", lambda: ar.generate_ids(sources, batch_size=args.batch_size), args.rounds,
                         len(sources))
