@@ -2,7 +2,7 @@
 
     python scripts/deer_profile.py RUN_DIR [--sentences 30] [--keep 1] [--iterations 1]
                                    [--batch-size 1] [--dtype float32] [--rows 25] [--shapes]
-                                   [--rounds 3] [--autoregressive]
+                                   [--rounds 3] [--autoregressive] [--glue]
 
 Decodes the first --sentences test sentences as ``pyprune deer evaluate``
 does (the packed sub-network of --keep, its penalties), once to warm up,
@@ -19,15 +19,24 @@ them) and the rest (Python and the small torch ops between them), the
 median of --rounds decodings; --autoregressive: the same split for RUN_DIR's
 autoregressive baseline on the packed kernel in --dtype (its attention
 kernel's calls, ``pyprune_C::masked_attention``, counted apart too).
+
+--glue: the rest by function: each of DEER's decoding steps between the
+kernels (``GLUE``) timed by wrapping it, without the time of the wrapped
+functions it calls (the median round; the wrappers' own time makes that
+decoding slower than the split's), and what a small step costs where
+decoding runs it: one embedding call (``DeerModel._embed`` on a draft) timed
+alone, call after call, against right after a target pass over the encoder
+(the pass reads six layers of weights through the caches in between).
 """
+import importlib
 import time
 from unittest import mock
 
 import torch
 from torch.profiler import profile
 
-from _deer_ab import ar_baseline, setup
-from pyprune.deer.generate import generate_ids
+from _deer_ab import ar_baseline, median, setup
+from pyprune.deer.generate import ctc_draft, generate_ids
 from pyprune.deer.model import DeerModel
 
 
@@ -80,6 +89,81 @@ def split_time(decode, rounds: int) -> dict:
     return sorted(splits, key=lambda split: split["total"])[len(splits) // 2]
 
 
+# DEER's decoding steps between the kernels, by module: (module, owner's name or None, function names).
+GLUE = (
+    ("pyprune.deer.model", "DeerModel", ("check_sources", "num_slots", "ctc_slots", "_embed", "_check_targets",
+                                         "vocab_logits", "deletion_logits", "placeholder_logits")),
+    ("pyprune.deer.model", None, ("_fused_weights",)),
+    ("pyprune.deer.model", "SourceCache", ("select",)),
+    ("pyprune.deer.generate", None, ("ctc_draft_tokens", "apply_del_words", "apply_ins_masks", "apply_ins_words",
+                                     "_trim", "_same", "words_of", "pad_rows")),
+)
+
+
+def glue_time(decode, rounds: int) -> dict:
+    """{step: seconds} of one `decode()` (the round with the median total of `rounds`) inside each of ``GLUE``'s
+    steps and ``HEAVY_OPS``' calls, each without the time of the other wrapped calls it makes, and "total"."""
+    inside, nested = {}, [0.0]
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            nested.append(0.0)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                inside[name] = inside.get(name, 0.0) + elapsed - nested.pop()
+                nested[-1] += elapsed
+        return call
+
+    targets = [(torch.ops.pyprune_C, name) for name in HEAVY_OPS]
+    for module, owner, names in GLUE:
+        module = importlib.import_module(module)
+        targets += [(getattr(module, owner) if owner else module, name) for name in names]
+    patches = [mock.patch.object(owner, name, timed(name, getattr(owner, name))) for owner, name in targets]
+    rounds_seen = []
+    for _ in range(rounds):
+        inside.clear()
+        for patch in patches:
+            patch.start()
+        try:
+            start = time.perf_counter()
+            decode()
+            total = time.perf_counter() - start
+        finally:
+            for patch in patches:
+                patch.stop()
+        rounds_seen.append({**inside, "total": total})
+    return sorted(rounds_seen, key=lambda seconds: seconds["total"])[len(rounds_seen) // 2]
+
+
+def print_glue(decode, model, sources, rounds: int) -> None:
+    seconds = glue_time(decode, rounds)
+    total, n = seconds.pop("total"), len(sources)
+    print(f"DEER by step, us per sentence, each without the wrapped steps it calls (of {1e3 * total / n:.2f} ms):")
+    for name, value in sorted(seconds.items(), key=lambda item: -item[1]):
+        print(f"  {name:20s} {1e6 * value / n:8.1f}")
+    print(f"  {'(unwrapped)':20s} {1e6 * (total - sum(seconds.values())) / n:8.1f}")
+    draft = ctc_draft(model, torch.tensor([sources[0]]))[1]
+
+    def embed():
+        return model._embed(draft, model.target_type)
+    source = model.encode_source(torch.tensor([sources[0]]))
+    alone, after = [], []
+    for _ in range(200):
+        embed()
+        start = time.perf_counter()
+        embed()
+        alone.append(time.perf_counter() - start)
+        model.decode_target(source, draft)
+        start = time.perf_counter()
+        embed()
+        after.append(time.perf_counter() - start)
+    print(f"one embedding call over {draft.shape[1]} draft tokens, median of 200: {1e6 * median(alone):.1f} us "
+          f"after itself, {1e6 * median(after):.1f} us right after a target pass")
+
+
 def options(parser) -> None:
     parser.add_argument("--keep", type=float, default=1.0)
     parser.add_argument("--iterations", type=int, default=1)
@@ -87,6 +171,7 @@ def options(parser) -> None:
     parser.add_argument("--rows", type=int, default=25, help="table rows")
     parser.add_argument("--shapes", action="store_true")
     parser.add_argument("--autoregressive", action="store_true", help="split the AR baseline's decoding too")
+    parser.add_argument("--glue", action="store_true", help="time DEER's steps between the kernels one by one")
 
 
 def print_split(label: str, decode, rounds: int, sentences: int) -> None:
@@ -116,6 +201,8 @@ def main() -> None:
             ar.generate_ids(sources[:1], batch_size=1)                   # warm-up
             print_split("autoregressive", lambda: ar.generate_ids(sources, batch_size=args.batch_size), args.rounds,
                         len(sources))
+        if args.glue:
+            print_glue(decode, model, sources, args.rounds)
         passes = count_passes(decode)
         fill = sum(only_rows for _, only_rows in passes)
         rows = sum(length for length, _ in passes) / max(len(passes), 1)
