@@ -57,25 +57,12 @@ def count_passes(decode) -> list:
 HEAVY_OPS = ("bert_layer", "bsr_linear", "masked_attention")
 
 
-def split_time(decode, rounds: int) -> dict:
-    """{"total", *HEAVY_OPS, "rest"}: seconds of one `decode()` (the round with the median total of
-    `rounds`), in all and inside each of ``HEAVY_OPS``' calls, and the rest."""
-    inside = dict.fromkeys(HEAVY_OPS, 0.0)
-
-    def timed(name, op):
-        def call(*args):
-            start = time.perf_counter()
-            try:
-                return op(*args)
-            finally:
-                inside[name] += time.perf_counter() - start
-        return call
-
-    namespace = torch.ops.pyprune_C
-    patches = [mock.patch.object(namespace, name, timed(name, getattr(namespace, name))) for name in HEAVY_OPS]
-    splits = []
+def median_round(decode, patches, rounds: int, inside: dict) -> dict:
+    """`decode()` `rounds` times with `patches` (which add each wrapped call's seconds to `inside`) in place:
+    {"total": seconds, **inside} of the round with the median total (`inside` is emptied before each)."""
+    seen = []
     for _ in range(rounds):
-        inside.update(dict.fromkeys(HEAVY_OPS, 0.0))
+        inside.clear()
         for patch in patches:
             patch.start()
         try:
@@ -85,8 +72,29 @@ def split_time(decode, rounds: int) -> dict:
         finally:
             for patch in patches:
                 patch.stop()
-        splits.append({"total": total, **inside, "rest": total - sum(inside.values())})
-    return sorted(splits, key=lambda split: split["total"])[len(splits) // 2]
+        seen.append({"total": total, **inside})
+    return sorted(seen, key=lambda seconds: seconds["total"])[len(seen) // 2]
+
+
+def split_time(decode, rounds: int) -> dict:
+    """{"total", *HEAVY_OPS, "rest"}: seconds of one `decode()` (the round with the median total of
+    `rounds`), in all and inside each of ``HEAVY_OPS``' calls, and the rest."""
+    inside = {}
+
+    def timed(name, op):
+        def call(*args):
+            start = time.perf_counter()
+            try:
+                return op(*args)
+            finally:
+                inside[name] = inside.get(name, 0.0) + time.perf_counter() - start
+        return call
+
+    namespace = torch.ops.pyprune_C
+    patches = [mock.patch.object(namespace, name, timed(name, getattr(namespace, name))) for name in HEAVY_OPS]
+    split = {"total": 0.0, **dict.fromkeys(HEAVY_OPS, 0.0)}
+    split.update(median_round(decode, patches, rounds, inside))
+    return {**split, "rest": split["total"] - sum(split[name] for name in HEAVY_OPS)}
 
 
 # DEER's decoding steps between the kernels, by module: (module, owner's name or None, function names).
@@ -122,20 +130,7 @@ def glue_time(decode, rounds: int) -> dict:
         module = importlib.import_module(module)
         targets += [(getattr(module, owner) if owner else module, name) for name in names]
     patches = [mock.patch.object(owner, name, timed(name, getattr(owner, name))) for owner, name in targets]
-    rounds_seen = []
-    for _ in range(rounds):
-        inside.clear()
-        for patch in patches:
-            patch.start()
-        try:
-            start = time.perf_counter()
-            decode()
-            total = time.perf_counter() - start
-        finally:
-            for patch in patches:
-                patch.stop()
-        rounds_seen.append({**inside, "total": total})
-    return sorted(rounds_seen, key=lambda seconds: seconds["total"])[len(rounds_seen) // 2]
+    return median_round(decode, patches, rounds, inside)
 
 
 def print_glue(decode, model, sources, rounds: int) -> None:
@@ -149,6 +144,7 @@ def print_glue(decode, model, sources, rounds: int) -> None:
 
     def embed():
         return model._embed(draft, model.target_type)
+
     source = model.encode_source(torch.tensor([sources[0]]))
     alone, after = [], []
     for _ in range(200):
