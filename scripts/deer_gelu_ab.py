@@ -13,7 +13,6 @@ baseline of RUN_DIR. Prints median ms, the ratio, and how many outputs stay the
 same (bfloat16 rounds the fused output once instead of twice, which can flip a
 greedy choice).
 """
-
 import torch
 import torch.nn.functional as F
 from torch import nn

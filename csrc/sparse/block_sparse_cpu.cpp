@@ -209,14 +209,15 @@ void rows(const ProblemOf<T>& p, int64_t first, int64_t last) {
   static constexpr auto table = tile_table<Variant, T>(std::make_integer_sequence<int, MaxTile>{});
   if (p.rows <= 0) return;
   const int64_t tiles = (p.rows + MaxTile - 1) / MaxTile, base = p.rows / tiles, larger = p.rows % tiles;
+  const Ahead<T> none{nullptr, 0};
   for (int64_t r = first; r < last; ++r) {
     // The second tile prefetches the next block row of this range (see the top of the file).
     const Ahead<T> next = r + 1 < last ? Ahead<T>{p.blocks + p.row_ptr[r + 1] * kBlock * kBlock,
                                                   (p.row_ptr[r + 2] - p.row_ptr[r + 1]) * kBlock * kBlock}
-                                       : Ahead<T>{nullptr, 0};
+                                       : none;
     for (int64_t t = 0, m = 0; t < tiles; ++t) {
       const int64_t size = base + (t < larger ? 1 : 0);
-      table[size - 1](p, r, m, t == 1 ? next : Ahead<T>{nullptr, 0});
+      table[size - 1](p, r, m, t == 1 ? next : none);
       m += size;
     }
   }
