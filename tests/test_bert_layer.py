@@ -9,7 +9,8 @@ import pyprune.deer.model as deer_model
 from pyprune import backends
 from pyprune.deer.baseline import AutoregressiveBaseline
 from pyprune.deer.generate import generate_ids
-from pyprune.deer.model import _fused_weights, _layer_kv, _layer_on_rows, inference_copy
+from pyprune.deer.model import (FUSED_TENSORS, _fused_weights, _layer_kv, _layer_on_rows, fused_layers,
+                                inference_copy, run_fused)
 
 import test_deer
 from test_deer import SOURCES, batch, make
@@ -158,6 +159,107 @@ def test_bad_arguments_to_the_raw_op_are_errors_not_crashes(tokenizer):
     with pytest.raises(RuntimeError, match="hidden"):
         op(h, h, None, None, valid, 0, swapped, 2, 1e-12)
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("prefixed", [False, True])
+def test_a_pass_in_one_call_gives_what_the_layers_give_one_by_one(tokenizer, dtype, prefixed):
+    # bert_layers against bert_layer called per layer as the per-layer path calls it: source rows through all
+    # layers but the last, the last on the rows from last_queries on, the keys cut to keep_keys rows.
+    deer, model = packed_model(tokenizer, dtype, 0.5)
+    layers = model.encoder.encoder.layer
+    torch.manual_seed(0)
+    h = torch.randn(2, 7, 64).to(dtype)
+    valid = torch.ones(2, 7 + 3 * prefixed, dtype=torch.bool)
+    valid[1, -2:] = False
+    source, last, keep = (0, 0, 0) if prefixed else (3, 3, 3)
+    fused = fused_layers(layers, h)
+    assert fused is not None and len(fused.weights) == FUSED_TENSORS * len(layers)
+    assert fused.heads == [2, 1]                                     # keep 0.5 pruned a head of the second layer
+    prefixes = [tuple(torch.randn(2, heads, 3, 32).to(dtype) for _ in range(2)) for heads in fused.heads]
+    with torch.inference_mode():
+        out, keys, values = run_fused(fused, h, valid, *(zip(*prefixes) if prefixed else ()), source_rows=source,
+                                      last_queries=last, keep_keys=keep)
+        x, want_keys, want_values = h, [], []
+        for i, layer in enumerate(layers):
+            final = i + 1 == len(layers)
+            x, k, v = _layer_kv(layer, x, x[:, last:] if final else x, prefixes[i] if prefixed else None,
+                                valid[:, None, None, :], 0 if final else source)
+            want_keys.append(k[:, :, :keep])
+            want_values.append(v[:, :, :keep])
+    assert torch.equal(out, x) and out.shape == (2, 7 - last, 64)
+    assert len(keys) == len(values) == (0 if keep == 0 else len(layers))
+    for got, want in zip(keys + values, want_keys + want_values):
+        assert torch.equal(got, want)
+
+
+def test_fused_layers_only_where_every_layer_fuses(tokenizer):
+    deer, model = packed_model(tokenizer, torch.float32)
+    layers = model.encoder.encoder.layer
+    x = torch.zeros(1, 1, 64)
+    assert fused_layers(layers, x) is not None
+    assert fused_layers(layers, x.bfloat16()) is None                            # not the weights' dtype
+    assert fused_layers(deer.model.encoder.encoder.layer, x) is None              # not packed
+    assert fused_layers([], x) is None
+    layers[1].train()
+    assert fused_layers(layers, x) is None                                        # one layer in training
+    layers[1].eval()
+    _, pruned = packed_model(tokenizer, torch.float32, 0.5)                        # layers of 2 heads and of 1
+    fused = fused_layers(pruned.encoder.encoder.layer, x)
+    assert fused.heads == [2, 1] and fused.first(1).heads == [2] and len(fused.first(1).weights) == FUSED_TENSORS
+
+
+def test_a_source_cache_keeps_the_gathered_layers_for_its_passes(tokenizer, monkeypatch):
+    # encode_with_target gathers the layers' weights once (or takes them), and the passes over its cache,
+    # selected rows included, use them without gathering again.
+    deer, model = packed_model(tokenizer, torch.float32)
+    sources, targets = batch(deer)
+    gathered = []
+    monkeypatch.setattr(deer_model, "fused_layers", lambda *a: gathered.append(1) or fused_layers(*a))
+    with torch.inference_mode():
+        cache, _ = model.encode_with_target(sources, targets)
+        assert cache.fused is not None and len(gathered) == 1
+        again, _ = model.encode_with_target(sources, targets, cache.fused)
+        assert again.fused is cache.fused and len(gathered) == 1
+        selected = cache.select(torch.tensor([2, 0]))
+        assert selected.fused is cache.fused
+        model.decode_target(selected, targets[[2, 0]])
+        assert len(gathered) == 1
+
+
+def test_bad_arguments_to_the_pass_op_are_errors_not_crashes(tokenizer):
+    deer, model = packed_model(tokenizer, torch.float32)
+    layers = model.encoder.encoder.layer
+    h = torch.randn(2, 5, 64)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    fused = fused_layers(layers, h)
+    op = torch.ops.pyprune_C.bert_layers
+    ok = dict(source_rows=0, last_queries=0, keep_keys=0)
+
+    def call(h=h, prefix_k=(), prefix_v=(), weights=fused.weights, **kw):
+        kw = {**ok, **kw}
+        return op(h, list(prefix_k), list(prefix_v), valid, kw["source_rows"], kw["last_queries"],
+                  kw["keep_keys"], weights, kw.get("heads", fused.heads), fused.eps)
+    assert call()[0].shape == (2, 5, 64)
+    with pytest.raises(RuntimeError, match="28 tensors a layer"):
+        call(weights=fused.weights[:-1])
+    with pytest.raises(RuntimeError, match="28 tensors a layer"):
+        call(weights=[])
+    with pytest.raises(RuntimeError, match="heads and eps must hold one value a layer"):
+        call(heads=fused.heads[:1])
+    k = torch.zeros(2, 2, 3, 32)
+    with pytest.raises(RuntimeError, match="one tensor a layer"):
+        call(prefix_k=[k], prefix_v=[k])
+    with pytest.raises(RuntimeError, match="one tensor a layer"):
+        call(prefix_k=[k, k], prefix_v=[k])
+    with pytest.raises(RuntimeError, match="last_queries must be in"):
+        call(last_queries=5)
+    with pytest.raises(RuntimeError, match="keep_keys must be in"):
+        call(keep_keys=6)
+    with pytest.raises(RuntimeError, match="h must be a"):
+        call(h=h[0])
+    with pytest.raises(RuntimeError, match="prefix must be in"):
+        call(source_rows=6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -5,12 +5,15 @@
 // what it removes is the Python between the ops, and the generic at::cat and at::add around them (the
 // cached keys' join and the residual sums are plain loops here): scripts/bert_layer_timing.py times one
 // layer against the same layer as Python ops, scripts/deer_fused_layer_ab.py whole decoding.
+// pyprune_C::bert_layers runs a whole pass over the layers in one call (the Python per layer, the
+// dispatch of its 28 weights and the key slices gone too): DeerModel's passes use it where every layer fuses.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <c10/util/BFloat16.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -121,9 +124,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bert_layer(
   return {out.view({B, Tq, H}), k, v};
 }
 
+// A whole pass over the layers whose weights `weights` holds (kWeights a layer; `heads` and `eps` one a
+// layer) in one call: each layer's
+// output rows are the next one's input, with `prefix_k[i]`, `prefix_v[i]` (none, or one pair a layer) as
+// layer i's cached keys and values. The first `source_rows` rows are source rows (see masked_attention). The
+// last layer computes only the rows from `last_queries` on (the rows before it feed nothing but the keys
+// and values it computes anyway). Returns (those rows' states, then each layer's keys and values cut to the
+// first `keep_keys` rows: none where it is 0).
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> bert_layers(
+    const at::Tensor& h_in, at::TensorList prefix_k, at::TensorList prefix_v,
+    const c10::optional<at::Tensor>& key_valid, int64_t source_rows, int64_t last_queries, int64_t keep_keys,
+    at::TensorList weights, at::IntArrayRef heads, at::ArrayRef<double> eps) {
+  const int64_t count = static_cast<int64_t>(weights.size()) / kWeights;
+  TORCH_CHECK(count > 0 && static_cast<int64_t>(weights.size()) == count * kWeights,
+              "pyprune_C.bert_layers: weights must hold ", kWeights, " tensors a layer (see bert_layer), got ",
+              weights.size());
+  TORCH_CHECK(static_cast<int64_t>(heads.size()) == count && static_cast<int64_t>(eps.size()) == count,
+              "pyprune_C.bert_layers: heads and eps must hold one value a layer (", count, "), got ", heads.size(),
+              " and ", eps.size());
+  TORCH_CHECK(prefix_k.size() == prefix_v.size() && (prefix_k.empty() || static_cast<int64_t>(prefix_k.size()) == count),
+              "pyprune_C.bert_layers: prefix_k and prefix_v must hold one tensor a layer (", count,
+              ") or none, got ", prefix_k.size(), " and ", prefix_v.size());
+  TORCH_CHECK(h_in.dim() == 3, "pyprune_C.bert_layers: h must be a (batch, rows, hidden) tensor, got ",
+              h_in.dim(), " dimensions");
+  const int64_t rows = h_in.size(1);
+  TORCH_CHECK(last_queries >= 0 && last_queries < rows, "pyprune_C.bert_layers: last_queries must be in [0, ",
+              rows, ") (the rows of h), got ", last_queries);
+  TORCH_CHECK(keep_keys >= 0 && keep_keys <= rows, "pyprune_C.bert_layers: keep_keys must be in [0, ", rows,
+              "] (the rows of h), got ", keep_keys);
+  at::Tensor h = h_in;
+  std::vector<at::Tensor> keys, values;
+  for (int64_t i = 0; i < count; ++i) {
+    const bool last = i + 1 == count;
+    const at::Tensor q = last ? h.slice(1, last_queries) : h;
+    const int64_t source = last ? std::max<int64_t>(source_rows - last_queries, 0) : source_rows;
+    c10::optional<at::Tensor> pk, pv;
+    if (!prefix_k.empty()) {
+      pk = prefix_k[i];
+      pv = prefix_v[i];
+    }
+    auto out = bert_layer(h, q, pk, pv, key_valid, source, weights.slice(i * kWeights, kWeights), heads[i], eps[i]);
+    if (keep_keys > 0) {
+      keys.push_back(std::get<1>(out).slice(2, 0, keep_keys));
+      values.push_back(std::get<2>(out).slice(2, 0, keep_keys));
+    }
+    h = std::get<0>(out);
+  }
+  return {h, keys, values};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pyprune_C, CPU, m) { m.impl("bert_layer", &bert_layer); }
+TORCH_LIBRARY_IMPL(pyprune_C, CPU, m) {
+  m.impl("bert_layer", &bert_layer);
+  m.impl("bert_layers", &bert_layers);
+}
 
 }  // namespace layer
 }  // namespace pyprune

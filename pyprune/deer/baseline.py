@@ -23,7 +23,7 @@ from .._memo import unless_recorded
 from .._validation import fail
 from ..ops import attention
 from .generate import pad_rows, sorted_batches
-from .model import _layer_kv
+from .model import _layer_kv, fused_layers, run_fused
 
 
 class _Attention(nn.Module):
@@ -121,10 +121,15 @@ class AutoregressiveBaseline(nn.Module):
         valid = sources.ne(self.pad_id)
         if self.training:
             memory = self.encoder(input_ids=sources, attention_mask=valid.long()).last_hidden_state
-        else:                  # decoding: the encoder layers as DEER runs them (one bert_layer call each, packed)
+        else:                  # decoding: the encoder layers as DEER runs them (one bert_layers call, packed)
             memory = self.encoder.embeddings(input_ids=sources)
-            for layer in self.encoder.encoder.layer:
-                memory = _layer_kv(layer, memory, memory, None, valid[:, None, None, :])[0]
+            layers = self.encoder.encoder.layer
+            fused = fused_layers(layers, memory) if sources.shape[1] else None
+            if fused is not None:
+                memory = run_fused(fused, memory, valid)[0]
+            else:
+                for layer in layers:
+                    memory = _layer_kv(layer, memory, memory, None, valid[:, None, None, :])[0]
         kv = [(b.cross_attn.split(b.cross_attn.k(memory)), b.cross_attn.split(b.cross_attn.v(memory)))
               for b in self.blocks]
         return kv, valid[:, None, None, :]

@@ -23,7 +23,7 @@ from torch import Tensor
 from .._validation import fail
 from ..ops import apply_del_words, apply_ins_masks, apply_ins_words
 from .losses import ctc_draft_tokens
-from .model import DeerModel
+from .model import DeerModel, FusedLayers
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> Tensor:
@@ -60,13 +60,14 @@ def _same(a: Tensor, b: Tensor, pad_id: int) -> Tensor:
 
 
 @torch.no_grad()
-def ctc_draft(model: DeerModel, sources: Tensor, blank_penalty: float = 0.0):
+def ctc_draft(model: DeerModel, sources: Tensor, blank_penalty: float = 0.0, fused: Optional[FusedLayers] = None):
     """(the source cache, [bos] greedy CTC output [eos] per row, padded): the source and the CTC slots go
-    through the encoder together (``DeerModel.encode_with_target``); `blank_penalty` is subtracted from the
-    blank's logit before the greedy choice (``ctc_draft_tokens``)."""
+    through the encoder together (``DeerModel.encode_with_target``, on the layers' gathered weights `fused`
+    where given); `blank_penalty` is subtracted from the blank's logit before the greedy choice
+    (``ctc_draft_tokens``)."""
     lengths = sources.ne(model.config.pad_id).sum(1)
     n = model.num_slots(lengths)
-    cache, h = model.encode_with_target(sources, model.ctc_slots(sources, lengths))
+    cache, h = model.encode_with_target(sources, model.ctc_slots(sources, lengths), fused)
     return cache, ctc_draft_tokens(model, model.vocab_logits(h), n, blank_penalty, overwrite=True)
 
 
@@ -163,8 +164,10 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
     model.eval()
     device = model.output_bias.device
     results: list = [None] * len(sources)
+    fused = None                                          # the layers' weights, gathered by the first batch's pass
     for index, batch in sorted_batches(sources, batch_size, c.pad_id, device):
-        cache, tokens = ctc_draft(model, batch, blank_penalty)
+        cache, tokens = ctc_draft(model, batch, blank_penalty, fused)
+        fused = cache.fused
         active = torch.arange(len(index), device=device)
         states = None                                     # of the active rows' tokens, when a pass left them
         active_cache = cache                              # the source cache of the active rows (rows only leave)

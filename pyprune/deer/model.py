@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,14 +74,58 @@ def special_ids(tokenizer) -> dict:
     return ids
 
 
-class SourceCache:
-    """Per-layer source keys and values, (batch, heads, source, head_dim), and the source padding mask."""
+class FusedLayers(NamedTuple):
+    """Every encoder layer's ``pyprune_C::bert_layer`` weights, layer after layer (``_fused_weights``), and each
+    layer's heads and LayerNorm eps: a pass over them is one ``pyprune_C::bert_layers`` call (``run_fused``).
+    The lists hold the layers' tensors as they were when they were gathered (``fused_layers``)."""
+    weights: list
+    heads: list
+    eps: list
 
-    def __init__(self, keys: list, values: list, mask: Tensor) -> None:
-        self.keys, self.values, self.mask = keys, values, mask
+    def first(self, n: int) -> "FusedLayers":
+        """The first `n` layers'."""
+        return FusedLayers(self.weights[:n * FUSED_TENSORS], self.heads[:n], self.eps[:n])
+
+
+def fused_layers(layers: Sequence[nn.Module], rows: Tensor) -> Optional[FusedLayers]:
+    """``FusedLayers`` of `layers` for passes over rows like `rows` (their dtype and device), or None where
+    there are none or one of them cannot run fused (``_fused_weights``)."""
+    if not layers or not backends.has_kernel("bert_layers", "CPU"):
+        return None
+    key_padding = torch.ones(1, 1, 1, 1, dtype=torch.bool)
+    weights, heads, eps = [], [], []
+    for layer in layers:
+        fused = _fused_weights(layer, rows, key_padding)
+        if fused is None:
+            return None
+        weights += fused[0]
+        heads.append(fused[1])
+        eps.append(fused[2])
+    return FusedLayers(weights, heads, eps)
+
+
+def run_fused(fused: FusedLayers, h: Tensor, key_valid: Tensor, prefix_keys: Sequence[Tensor] = (),
+              prefix_values: Sequence[Tensor] = (), source_rows: int = 0, last_queries: int = 0,
+              keep_keys: int = 0) -> tuple[Tensor, list, list]:
+    """A pass over `fused`'s layers in one ``pyprune_C::bert_layers`` call: what ``_layer_kv`` gives layer by
+    layer (`key_valid`: the (batch, keys) key-padding mask; `prefix_keys`, `prefix_values`: each layer's
+    cached keys and values, or none), the last layer on the rows from `last_queries` on; returns (those
+    rows' states, each layer's keys and values cut to their first `keep_keys` rows, none where it is 0)."""
+    return torch.ops.pyprune_C.bert_layers(h, list(prefix_keys), list(prefix_values), key_valid, source_rows,
+                                           last_queries, keep_keys, fused.weights, fused.heads, fused.eps)
+
+
+class SourceCache:
+    """Per-layer source keys and values, (batch, heads, source, head_dim), and the source padding mask; and
+    `fused`, the layers' gathered weights (``FusedLayers``) the passes over the cached source use, where the
+    layers fuse. A cache belongs to the model as it was when the cache was made."""
+
+    def __init__(self, keys: list, values: list, mask: Tensor, fused: Optional[FusedLayers] = None) -> None:
+        self.keys, self.values, self.mask, self.fused = keys, values, mask, fused
 
     def select(self, rows: Tensor) -> "SourceCache":
-        return SourceCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.mask[rows])
+        return SourceCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.mask[rows],
+                           self.fused)
 
 
 def pack_for_inference(model: nn.Module) -> int:
@@ -202,6 +246,10 @@ def _child(module: nn.Module, *names: str) -> nn.Module:
     for name in names:
         module = module._modules[name]
     return module
+
+
+# Tensors per layer in ``pyprune_C::bert_layer``'s weights: four per packed linear (six), two per LayerNorm.
+FUSED_TENSORS = 28
 
 
 def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[tuple[list, int, float]]:
@@ -421,22 +469,40 @@ class DeerModel(nn.Module):
         mask = valid[:, None, None, :]
         h = self._embed(targets, self.target_type)
         layers = self.encoder.encoder.layer
+        if cache.fused is not None and targets.shape[1]:   # the layers (all but the last one, for `rows`) in one call
+            n = len(layers) - (rows is not None)
+            if n:
+                h = run_fused(cache.fused.first(n), h, valid, cache.keys[:n], cache.values[:n])[0]
+            if rows is None:
+                return h
+            return _layer_on_rows(layers[-1], h, rows, (cache.keys[-1], cache.values[-1]), mask)
         for i, (layer, sk, sv) in enumerate(zip(layers, cache.keys, cache.values)):
             if rows is not None and i + 1 == len(layers):
                 return _layer_on_rows(layer, h, rows, (sk, sv), mask)
             h = _layer_kv(layer, h, h, (sk, sv), mask)[0]
         return h if rows is None else h[rows]
 
-    def encode_with_target(self, sources: Tensor, targets: Tensor) -> tuple[SourceCache, Tensor]:
+    def encode_with_target(self, sources: Tensor, targets: Tensor,
+                           fused: Optional[FusedLayers] = None) -> tuple[SourceCache, Tensor]:
         """``encode_source`` then ``decode_target``, in one pass over the layers: (the source cache, the target
         hidden states). Each layer's weights are read once for the source and target rows together, where
-        the two calls read them twice (at batch 1 on a CPU: 1.3x faster, ``pyprune bench deer``)."""
+        the two calls read them twice (at batch 1 on a CPU: 1.3x faster, ``pyprune bench deer``).
+
+        Where the layers fuse, the pass is one ``pyprune_C::bert_layers`` call on their gathered weights:
+        `fused` (``fused_layers``; decoding gathers them once a call and hands them to every batch), or
+        gathered here; the cache keeps them for the passes over it."""
         self.check_sources(sources)
         self._check_targets(targets, sources.shape[0])
         S = sources.shape[1]
         source_valid = sources.ne(self.config.pad_id)
-        mask = torch.cat([source_valid, targets.ne(self.config.pad_id)], 1)[:, None, None, :]
+        valid = torch.cat([source_valid, targets.ne(self.config.pad_id)], 1)
+        mask = valid[:, None, None, :]
         h = torch.cat([self._embed(sources, 0), self._embed(targets, self.target_type)], 1)
+        if fused is None and targets.shape[1]:
+            fused = fused_layers(self.encoder.encoder.layer, h)
+        if fused is not None and targets.shape[1]:
+            h, keys, values = run_fused(fused, h, valid, source_rows=S, last_queries=S, keep_keys=S)
+            return SourceCache(keys, values, source_valid, fused), h
         keys, values = [], []
         layers = self.encoder.encoder.layer
         for i, layer in enumerate(layers):
