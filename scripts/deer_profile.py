@@ -14,9 +14,10 @@ overhead inflates the total; read the shares, not the absolute times.
 
 The timed decodings run without the profiler: their wall time split into
 the time inside the extension's encoder-layer and packed-linear calls
-(``pyprune_C::bert_layer``, ``pyprune_C::bsr_linear``, timed by wrapping
-them) and the rest (Python and the small torch ops between them), the
-median of --rounds decodings; --autoregressive: the same split for RUN_DIR's
+(``pyprune_C::bert_layers``, a whole pass, ``pyprune_C::bert_layer``, one
+layer, ``pyprune_C::bsr_linear``, timed by wrapping them) and the rest
+(Python and the small torch ops between them), the median of --rounds
+decodings; --autoregressive: the same split for RUN_DIR's
 autoregressive baseline on the packed kernel in --dtype (its attention
 kernel's calls, ``pyprune_C::masked_attention``, counted apart too).
 
@@ -54,7 +55,7 @@ def count_passes(decode) -> list:
 
 
 # The extension's ops that hold a decoding's arithmetic; the split times every call of each.
-HEAVY_OPS = ("bert_layer", "bsr_linear", "masked_attention")
+HEAVY_OPS = ("bert_layers", "bert_layer", "bsr_linear", "masked_attention")
 
 
 def median_round(decode, patches, rounds: int, inside: dict) -> dict:
@@ -101,7 +102,7 @@ def split_time(decode, rounds: int) -> dict:
 GLUE = (
     ("pyprune.deer.model", "DeerModel", ("check_sources", "num_slots", "ctc_slots", "_embed", "_check_targets",
                                          "vocab_logits", "deletion_logits", "placeholder_logits")),
-    ("pyprune.deer.model", None, ("_fused_weights",)),
+    ("pyprune.deer.model", None, ("fused_layers", "_fused_weights")),
     ("pyprune.deer.model", "SourceCache", ("select",)),
     ("pyprune.deer.generate", None, ("ctc_draft_tokens", "apply_del_words", "apply_ins_masks", "apply_ins_words",
                                      "_trim", "_same", "words_of", "pad_rows")),
