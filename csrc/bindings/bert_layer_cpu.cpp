@@ -5,15 +5,16 @@
 // what it removes is the Python between the ops, and the generic at::cat and at::add around them (the
 // cached keys' join and the residual sums are plain loops here): scripts/bert_layer_timing.py times one
 // layer against the same layer as Python ops, scripts/deer_fused_layer_ab.py whole decoding.
-// pyprune_C::bert_layers runs a whole pass over the layers in one call (the Python per layer, the
-// dispatch of its 28 weights and the key slices gone too): DeerModel's passes use it where every layer fuses.
+// pyprune_C::bert_layers runs a whole pass over the layers in one call (the Python per layer, the dispatch
+// of its 28 weights and the key slices gone too): DEER's passes use it where every layer fuses
+// (scripts/deer_layer_loop_ab.py times it against layer by layer).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <c10/util/BFloat16.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -125,12 +126,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bert_layer(
 }
 
 // A whole pass over the layers whose weights `weights` holds (kWeights a layer; `heads` and `eps` one a
-// layer) in one call: each layer's
-// output rows are the next one's input, with `prefix_k[i]`, `prefix_v[i]` (none, or one pair a layer) as
-// layer i's cached keys and values. The first `source_rows` rows are source rows (see masked_attention). The
-// last layer computes only the rows from `last_queries` on (the rows before it feed nothing but the keys
-// and values it computes anyway). Returns (those rows' states, then each layer's keys and values cut to the
-// first `keep_keys` rows: none where it is 0).
+// layer) in one call: each layer's output rows are the next one's input, with `prefix_k[i]`, `prefix_v[i]`
+// (none, or one pair a layer) as layer i's cached keys and values. The first `source_rows` rows are source
+// rows (see masked_attention). The last layer computes only the rows from `last_queries` on (the rows
+// before it feed nothing but the keys and values it computes anyway). Returns (those rows' states, then
+// each layer's keys and values cut to the first `keep_keys` rows: none where it is 0).
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> bert_layers(
     const at::Tensor& h_in, at::TensorList prefix_k, at::TensorList prefix_v,
     const c10::optional<at::Tensor>& key_valid, int64_t source_rows, int64_t last_queries, int64_t keep_keys,
@@ -142,7 +142,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> bert_la
   TORCH_CHECK(static_cast<int64_t>(heads.size()) == count && static_cast<int64_t>(eps.size()) == count,
               "pyprune_C.bert_layers: heads and eps must hold one value a layer (", count, "), got ", heads.size(),
               " and ", eps.size());
-  TORCH_CHECK(prefix_k.size() == prefix_v.size() && (prefix_k.empty() || static_cast<int64_t>(prefix_k.size()) == count),
+  TORCH_CHECK(prefix_k.size() == prefix_v.size() &&
+                  (prefix_k.empty() || static_cast<int64_t>(prefix_k.size()) == count),
               "pyprune_C.bert_layers: prefix_k and prefix_v must hold one tensor a layer (", count,
               ") or none, got ", prefix_k.size(), " and ", prefix_v.size());
   TORCH_CHECK(h_in.dim() == 3, "pyprune_C.bert_layers: h must be a (batch, rows, hidden) tensor, got ",
@@ -163,7 +164,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> bert_la
       pk = prefix_k[i];
       pv = prefix_v[i];
     }
-    auto out = bert_layer(h, q, pk, pv, key_valid, source, weights.slice(i * kWeights, kWeights), heads[i], eps[i]);
+    auto out =
+        bert_layer(h, q, pk, pv, key_valid, source, weights.slice(i * kWeights, kWeights), heads[i], eps[i]);
     if (keep_keys > 0) {
       keys.push_back(std::get<1>(out).slice(2, 0, keep_keys));
       values.push_back(std::get<2>(out).slice(2, 0, keep_keys));

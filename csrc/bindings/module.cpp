@@ -82,11 +82,10 @@ TORCH_LIBRARY(pyprune_C, m) {
   m.def(
       "bert_layer(Tensor kv_in, Tensor q_in, Tensor? prefix_k, Tensor? prefix_v, Tensor? key_valid, "
       "int source_rows, Tensor[] weights, int heads, float eps) -> (Tensor, Tensor, Tensor)");
-  // Inference only: a pass over several such layers in one call (weights: bert_layer's, layer after layer,
-  // heads and eps one a layer;
-  // prefix_k, prefix_v: a layer's cached keys and values each, or none). The last layer computes only the
-  // rows from last_queries on; returns (those rows' states, each layer's keys and values cut to their first
-  // keep_keys rows, none where keep_keys is 0).
+  // Inference only: a pass over several such layers in one call (weights: bert_layer's, layer after layer;
+  // heads, eps: one a layer; prefix_k, prefix_v: one tensor a layer, or none). The last layer computes only
+  // the rows from last_queries on; returns (those rows' states, each layer's keys and values cut to their
+  // first keep_keys rows, none where keep_keys is 0).
   m.def(
       "bert_layers(Tensor h, Tensor[] prefix_k, Tensor[] prefix_v, Tensor? key_valid, int source_rows, "
       "int last_queries, int keep_keys, Tensor[] weights, int[] heads, float[] eps) -> (Tensor, Tensor[], Tensor[])");
