@@ -98,6 +98,21 @@ def switched(decoders: dict, switch, rounds: int, sentences: int):
         switch(True)
 
 
+def switch_ab(args, decoders: dict, switch, sentences: int, columns, before=None) -> None:
+    """The switch A/B of the scripts: under inference mode, `before()` (a script's own table) when given,
+    every decoding of `sentences` sentences once with switch(True) and once with switch(False) as warm-up,
+    then ``switched`` over --rounds; prints ``print_ab``'s table with `columns` (switch off, switch on)."""
+    with torch.inference_mode():
+        if before is not None:
+            before()
+        for decode in decoders.values():
+            for on in (True, False):
+                switch(on)
+                decode()
+        times, outputs = switched(decoders, switch, args.rounds, sentences)
+    print_ab(list(decoders), (False, True), times, outputs, columns, dtype=args.dtype)
+
+
 def print_ab(names, variants, times, outputs, columns, extra=None, dtype=None, batch: int = 1) -> None:
     """The A/B table of decodings at `batch` (captioned with `dtype` when given): per name, the median ms of
     the two `variants` (headed `columns`), the speed-up and how many outputs stay the same; `extra`: (header,

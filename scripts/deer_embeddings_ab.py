@@ -15,7 +15,7 @@ sentence, the ratio, and how many outputs stay the same (all should).
 import torch
 
 import pyprune.deer.model as deer_model
-from _deer_ab import deer_decoders, per_call_us, print_ab, setup, switched
+from _deer_ab import deer_decoders, per_call_us, setup, switch_ab
 
 PLAIN = deer_model.PLAIN_EMBEDDINGS
 
@@ -49,13 +49,8 @@ def main() -> None:
     args, deer, sources = setup(__doc__, dtype_option=True)
     keeps = (max(deer.keep_ratios), min(deer.keep_ratios))
     decoders = deer_decoders(deer, sources, args.dtype, keeps, (0, 1))
-    with torch.inference_mode():
-        call_table(deer, sources, args.dtype)
-        for decode in decoders.values():                  # warm-up
-            decode()
-        times, outputs = switched(decoders, use_plain, args.rounds, len(sources))
-    print_ab(list(decoders), (False, True), times, outputs, ("embedding module", "direct sums"),
-             dtype=args.dtype)
+    switch_ab(args, decoders, use_plain, len(sources), ("embedding module", "direct sums"),
+              before=lambda: call_table(deer, sources, args.dtype))
 
 
 if __name__ == "__main__":

@@ -6,16 +6,15 @@ baseline at batch 1.
 Whole decoding of the first test sentences one at a time on the packed
 sub-networks, every encoder layer run as Python ops (``_layer``: packed linears,
 the attention kernel, LayerNorms; the anchor) against one ``bert_layer`` call
-per layer (the same ops in C++, in the same order), interleaved in one process:
+per layer (the same ops in C++, in the same order; where every layer of a model
+fuses, one ``bert_layers`` call a pass), interleaved in one process:
 DEER at keep 1 and the smallest keep with 0 (CTC only) and 1 edit iteration,
 and the AR baseline of RUN_DIR (whose encoder pass is the only part that
 changes). Prints median ms per sentence, the ratio, and how many outputs stay
 the same (all should: the results are the same bits).
 """
-import torch
-
 import pyprune.deer.model as deer_model
-from _deer_ab import decoders_with_baseline, print_ab, setup, switched
+from _deer_ab import decoders_with_baseline, setup, switch_ab
 
 FUSED = deer_model._fused_weights
 
@@ -27,11 +26,7 @@ def use_fused(on: bool) -> None:
 def main() -> None:
     args, deer, sources = setup(__doc__, dtype_option=True)
     decoders = decoders_with_baseline(args, deer, sources, (0, 1))
-    with torch.inference_mode():
-        for decode in decoders.values():                  # warm-up
-            decode()
-        times, outputs = switched(decoders, use_fused, args.rounds, len(sources))
-    print_ab(list(decoders), (False, True), times, outputs, ("Python layers", "bert_layer"), dtype=args.dtype)
+    switch_ab(args, decoders, use_fused, len(sources), ("Python layers", "fused layers"))
 
 
 if __name__ == "__main__":

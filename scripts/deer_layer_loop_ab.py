@@ -12,11 +12,9 @@ takes the per-layer path) and as the library runs. Both run the same layer
 op on the same inputs, so the outputs must be the same. Prints median ms
 per sentence, the ratio and how many outputs stay the same.
 """
-import torch
-
 import pyprune.deer.baseline as baseline_module
 import pyprune.deer.model as deer_model
-from _deer_ab import decoders_with_baseline, print_ab, setup, switched
+from _deer_ab import decoders_with_baseline, setup, switch_ab
 
 LIBRARY = deer_model.fused_layers
 
@@ -29,14 +27,7 @@ def use_passes(on: bool) -> None:
 def main() -> None:
     args, deer, sources = setup(__doc__, dtype_option=True)
     decoders = decoders_with_baseline(args, deer, sources, (0, 1))
-    with torch.inference_mode():
-        for decode in decoders.values():                  # warm-up, both ways
-            for on in (True, False):
-                use_passes(on)
-                decode()
-        times, outputs = switched(decoders, use_passes, args.rounds, len(sources))
-    print_ab(list(decoders), (False, True), times, outputs, ("layer by layer", "one call a pass"),
-             dtype=args.dtype)
+    switch_ab(args, decoders, use_passes, len(sources), ("layer by layer", "one call a pass"))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from .._memo import unless_recorded
 from .._validation import fail
 from ..ops import attention
 from .generate import pad_rows, sorted_batches
-from .model import _layer_kv, fused_layers, run_fused
+from .model import encoder_pass, fused_layers
 
 
 class _Attention(nn.Module):
@@ -124,12 +124,7 @@ class AutoregressiveBaseline(nn.Module):
         else:                  # decoding: the encoder layers as DEER runs them (one bert_layers call, packed)
             memory = self.encoder.embeddings(input_ids=sources)
             layers = self.encoder.encoder.layer
-            fused = fused_layers(layers, memory) if sources.shape[1] else None
-            if fused is not None:
-                memory = run_fused(fused, memory, valid)[0]
-            else:
-                for layer in layers:
-                    memory = _layer_kv(layer, memory, memory, None, valid[:, None, None, :])[0]
+            memory = encoder_pass(layers, memory, valid, fused=fused_layers(layers, memory))
         kv = [(b.cross_attn.split(b.cross_attn.k(memory)), b.cross_attn.split(b.cross_attn.v(memory)))
               for b in self.blocks]
         return kv, valid[:, None, None, :]

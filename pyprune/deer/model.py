@@ -115,6 +115,23 @@ def run_fused(fused: FusedLayers, h: Tensor, key_valid: Tensor, prefix_keys: Seq
                                            last_queries, keep_keys, fused.weights, fused.heads, fused.eps)
 
 
+def encoder_pass(layers: Sequence[nn.Module], h: Tensor, valid: Tensor, prefix_keys: Sequence[Tensor] = (),
+                 prefix_values: Sequence[Tensor] = (), fused: Optional[FusedLayers] = None,
+                 count: Optional[int] = None) -> Tensor:
+    """`h`'s rows after the first `count` (default: all) of `layers` under the (batch, keys) key-padding mask
+    `valid`, each layer's cached keys and values in `prefix_keys`, `prefix_values` (or none): one
+    ``pyprune_C::bert_layers`` call on `fused` (their ``FusedLayers``) where given, else layer by layer."""
+    count = len(layers) if count is None else count
+    if count == 0:
+        return h
+    if fused is not None and h.shape[1]:
+        return run_fused(fused.first(count), h, valid, prefix_keys[:count], prefix_values[:count])[0]
+    mask = valid[:, None, None, :]
+    for i in range(count):
+        h = _layer_kv(layers[i], h, h, (prefix_keys[i], prefix_values[i]) if prefix_keys else None, mask)[0]
+    return h
+
+
 class SourceCache:
     """Per-layer source keys and values, (batch, heads, source, head_dim), and the source padding mask; and
     `fused`, the layers' gathered weights (``FusedLayers``) the passes over the cached source use, where the
@@ -469,17 +486,10 @@ class DeerModel(nn.Module):
         mask = valid[:, None, None, :]
         h = self._embed(targets, self.target_type)
         layers = self.encoder.encoder.layer
-        if cache.fused is not None and targets.shape[1]:   # the layers (all but the last one, for `rows`) in one call
-            n = len(layers) - (rows is not None)
-            if n:
-                h = run_fused(cache.fused.first(n), h, valid, cache.keys[:n], cache.values[:n])[0]
-            if rows is None:
-                return h
+        on_rows = rows is not None and len(layers) > 0           # the last layer on `rows` alone
+        h = encoder_pass(layers, h, valid, cache.keys, cache.values, cache.fused, len(layers) - on_rows)
+        if on_rows:
             return _layer_on_rows(layers[-1], h, rows, (cache.keys[-1], cache.values[-1]), mask)
-        for i, (layer, sk, sv) in enumerate(zip(layers, cache.keys, cache.values)):
-            if rows is not None and i + 1 == len(layers):
-                return _layer_on_rows(layer, h, rows, (sk, sv), mask)
-            h = _layer_kv(layer, h, h, (sk, sv), mask)[0]
         return h if rows is None else h[rows]
 
     def encode_with_target(self, sources: Tensor, targets: Tensor,
