@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import pyprune
-from pyprune.ops import ctc_best_alignment, ctc_greedy_decode, ctc_loss, ctc_loss_from_logits
+from pyprune.ops import ctc_best_alignment, ctc_greedy_decode, ctc_greedy_draft, ctc_loss, ctc_loss_from_logits
 
 T, N, C, S = 10, 3, 6, 4
 
@@ -79,6 +79,45 @@ def test_greedy_decode_bad_input(backend):
         ctc_greedy_decode(scores, [T] * N, blank=C)
     with pytest.raises(ValueError, match="^scores:"):
         ctc_greedy_decode(scores[0], [T] * N)
+
+
+def test_greedy_draft_bad_input(backend):
+    scores, lengths, class_map = torch.randn(T, N, C), [T] * N, torch.arange(C)
+    frame = dict(bos=1, eos=2, pad=0)
+    with pytest.raises(ValueError, match="^input_lengths:"):
+        ctc_greedy_draft(scores, [T, T, T + 1], class_map, **frame)
+    with pytest.raises(ValueError, match="^class_map:"):
+        ctc_greedy_draft(scores, lengths, torch.arange(C - 1), **frame)
+    with pytest.raises(ValueError, match="^class_map:"):
+        ctc_greedy_draft(scores, lengths, torch.arange(C, dtype=torch.int32), **frame)
+    with pytest.raises(ValueError, match="^class_map:"):
+        ctc_greedy_draft(scores, lengths, class_map.to("meta"), **frame)
+    with pytest.raises(ValueError, match="^blank_penalty:"):
+        ctc_greedy_draft(scores, lengths, class_map, blank_penalty=float("nan"), **frame)
+    with pytest.raises(ValueError, match="^max_length:"):
+        ctc_greedy_draft(scores, lengths, class_map, max_length=1, **frame)
+    with pytest.raises(ValueError, match="^eos:"):
+        ctc_greedy_draft(scores, lengths, class_map, bos=1, eos=2.0, pad=0)
+    with pytest.raises(ValueError, match="^blank:"):
+        ctc_greedy_draft(scores, lengths, class_map, blank=C, **frame)
+
+
+def test_greedy_draft_kernel_checks_its_arguments():
+    """The compiled op, called directly, refuses what would make it read out of bounds."""
+    if not pyprune.backends.available("cpp"):
+        pytest.skip("C++ extension not built")
+    op = torch.ops.pyprune_C.ctc_greedy_draft
+    scores, class_map = torch.randn(T, N, C), torch.arange(C)
+    with pytest.raises(RuntimeError, match="input_lengths must be in"):
+        op(scores, torch.tensor([T, T + 1, 0]), class_map, 0, 0.0, 1, 2, 0, T + 2)
+    with pytest.raises(RuntimeError, match="input_lengths must be in"):
+        op(scores, torch.tensor([T, -1, 0]), class_map, 0, 0.0, 1, 2, 0, T + 2)
+    with pytest.raises(RuntimeError, match="class_map must have"):
+        op(scores, torch.full((N,), T), class_map[:-1], 0, 0.0, 1, 2, 0, T + 2)
+    with pytest.raises(RuntimeError, match="blank must be in"):
+        op(scores, torch.full((N,), T), class_map, C, 0.0, 1, 2, 0, T + 2)
+    with pytest.raises(RuntimeError, match="max_length must be at least 2"):
+        op(scores, torch.full((N,), T), class_map, 0, 0.0, 1, 2, 0, 1)
 
 
 def test_devices_must_match():

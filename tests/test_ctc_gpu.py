@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pyprune
-from pyprune.ops import ctc_best_alignment, ctc_greedy_decode, ctc_loss, ctc_loss_from_logits
+from pyprune.ops import ctc_best_alignment, ctc_greedy_decode, ctc_greedy_draft, ctc_loss, ctc_loss_from_logits
 
 from ctc_cases import random_case
 
@@ -52,6 +52,10 @@ def test_decode_and_alignment_match_cpu():
     torch.testing.assert_close(gpu[1].cpu(), cpu[1])
     cpu, gpu = _both(lambda *a: ctc_greedy_decode(*a), case.log_probs, case.input_lengths)
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
+    # The draft (on the GPU: the reference's torch ops) gives the CPU kernel's rows, penalty included.
+    cpu, gpu = _both(lambda x, n, m: ctc_greedy_draft(x, n, m, bos=1, eos=2, pad=0, blank_penalty=0.7),
+                     case.log_probs, case.input_lengths, torch.arange(30) + 5)
+    assert torch.equal(gpu.cpu(), cpu)
 
 
 def test_gradients_bit_identical_across_runs():

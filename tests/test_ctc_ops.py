@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import pyprune
-from pyprune.ops import ctc_best_alignment, ctc_greedy_decode, ctc_loss, ctc_loss_from_logits
+from pyprune.ops import ctc_best_alignment, ctc_greedy_decode, ctc_greedy_draft, ctc_loss, ctc_loss_from_logits
 
 from ctc_cases import collapse, greedy_decode_python, random_case, viterbi_python
 
@@ -142,6 +142,51 @@ def test_greedy_decode_low_precision_equals_its_float32_values(backend):
         assert counts.sum() > 0
 
 
+def _draft_python(scores, lengths, class_map, blank, penalty, bos, eos, pad, max_length):
+    """ctc_greedy_draft spelled out: the penalty subtracted in the scores' dtype, greedy decoding on the
+    exact values, labels mapped, cut, framed and padded."""
+    penalised = scores.clone()
+    penalised[..., blank] -= penalty
+    rows = [[bos] + [int(class_map[c]) for c in labels][:max_length - 2] + [eos]
+            for labels in greedy_decode_python(penalised.double(), lengths, blank)]
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_greedy_draft_frames_the_greedy_decoding(backend, dtype):
+    generator = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        T, N, C = int(torch.randint(1, 14, (1,), generator=generator)), 1 + trial % 4, 2 + trial % 6
+        scores = torch.randn(T, N, C, generator=generator) * 2
+        blank, penalty = trial % C, (0.0, 0.6, -0.35, 1 / 3, 2.80395)[trial % 5]
+        if trial % 3 == 0:
+            scores = scores.round()                           # exact ties, the blank's included
+        elif trial % 3 == 1 and C > 1:                        # the blank a penalty above the best other class:
+            others = torch.cat([scores[..., :blank], scores[..., blank + 1:]], -1)    # the rounding decides
+            scores[..., blank] = others.max(-1).values + penalty
+        scores = scores.to(dtype)
+        lengths = torch.randint(0, T + 1, (N,), generator=generator)
+        class_map = torch.randint(5, 900, (C,), generator=generator)
+        max_length = (T + 2, 2, 3, 5)[trial % 4]
+        kept = scores.clone()
+        got = ctc_greedy_draft(scores, lengths, class_map, bos=1, eos=2, pad=0, blank=blank, blank_penalty=penalty,
+                               max_length=max_length)
+        expected = _draft_python(scores, lengths, class_map, blank, penalty, 1, 2, 0, max_length)
+        assert torch.equal(got, expected), trial
+        assert torch.equal(scores, kept)                      # the penalty goes into a copy or into the kernel
+        batch_first = ctc_greedy_draft(scores.transpose(0, 1), lengths, class_map, bos=1, eos=2, pad=0,
+                                       blank=blank, blank_penalty=penalty, max_length=max_length, batch_first=True)
+        assert torch.equal(batch_first, expected), trial
+    # Without max_length nothing is cut; an empty batch gives [bos] [eos] width.
+    scores = torch.zeros(4, 1, 3)
+    scores[:, 0, 1:] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert ctc_greedy_draft(scores, [4], torch.tensor([0, 7, 8]), bos=1, eos=2, pad=0).tolist() == [[1, 7, 8, 7, 8, 2]]
+    empty = ctc_greedy_draft(torch.zeros(3, 0, 3), torch.zeros(0, dtype=torch.long), torch.arange(3), bos=1, eos=2,
+                             pad=0)
+    assert empty.shape == (0, 2)
+
+
 def test_best_alignment_matches_python(backend):
     for T, N, C, S, vocab in [(12, 5, 6, 4, None), (9, 6, 4, 4, 2), (30, 3, 8, 10, 3)]:
         case = random_case(T, N, C, S, vocab=vocab, min_input=0)
@@ -236,11 +281,12 @@ def _op_samples():
         "ctc_logits_forward": (logits, *batch, True),
         "ctc_best_alignment": (lp.detach(), *batch),
         "ctc_greedy_decode": (logits.detach(), case.input_lengths, 0),
+        "ctc_greedy_draft": (logits.detach(), case.input_lengths, torch.arange(6) + 10, 0, 0.5, 1, 2, 0, 11),
     }
 
 
 @pytest.mark.parametrize("name", ["ctc_loss_forward", "ctc_loss_backward", "ctc_logits_forward",
-                                  "ctc_best_alignment", "ctc_greedy_decode"])
+                                  "ctc_best_alignment", "ctc_greedy_decode", "ctc_greedy_draft"])
 def test_opcheck(backend, name):
     op = getattr(torch.ops.pyprune, name).default
     # ctc_loss_forward's gradient follows torch's convention (exp(lp) - occupancy),

@@ -1,6 +1,7 @@
 // CPU registrations of the CTC kernel ops: tensors in, ctc::*_cpu out,
 // parallel over samples (or frames) with at::parallel_for.
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <limits>
 #include <torch/library.h>
 
@@ -93,6 +94,24 @@ std::tuple<at::Tensor, at::Tensor> best_alignment(const at::Tensor& scores,
   return {alignment, score};
 }
 
+// Greedy decoding of every sample into tokens (N, T) and lengths (N), with b's blank penalty.
+void greedy_into(const Batch& b, const at::Tensor& scores, at::Tensor& tokens, at::Tensor& lengths) {
+  if (scores.scalar_type() == at::kBFloat16) {  // read as it is: no float32 copy of the scores
+    const auto* bits = reinterpret_cast<const uint16_t*>(scores.const_data_ptr<at::BFloat16>());
+    at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
+      greedy_decode_cpu<uint16_t>(b, bits, tokens.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(),
+                                  lo, hi);
+    });
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "pyprune_ctc_greedy_decode", [&] {
+    at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
+      greedy_decode_cpu<scalar_t>(b, scores.data_ptr<scalar_t>(), tokens.data_ptr<int64_t>(),
+                                  lengths.data_ptr<int64_t>(), lo, hi);
+    });
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> greedy_decode(const at::Tensor& scores,
                                                  const at::Tensor& input_lengths, int64_t blank) {
   Batch b = make_scores_batch(scores, /*bfloat16_ok=*/true);
@@ -101,21 +120,49 @@ std::tuple<at::Tensor, at::Tensor> greedy_decode(const at::Tensor& scores,
   b.blank = blank;
   auto tokens = at::empty({b.batch_size, b.max_time}, input_lengths.options());
   auto lengths = at::empty({b.batch_size}, input_lengths.options());
-  if (scores.scalar_type() == at::kBFloat16) {  // read as it is: no float32 copy of the scores
-    const auto* bits = reinterpret_cast<const uint16_t*>(scores.const_data_ptr<at::BFloat16>());
-    at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
-      greedy_decode_cpu<uint16_t>(b, bits, tokens.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(),
-                                  lo, hi);
-    });
-    return {tokens, lengths};
-  }
-  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "pyprune_ctc_greedy_decode", [&] {
-    at::parallel_for(0, b.batch_size, 1, [&](int64_t lo, int64_t hi) {
-      greedy_decode_cpu<scalar_t>(b, scores.data_ptr<scalar_t>(), tokens.data_ptr<int64_t>(),
-                                  lengths.data_ptr<int64_t>(), lo, hi);
-    });
-  });
+  greedy_into(b, scores, tokens, lengths);
   return {tokens, lengths};
+}
+
+// Greedy decoding to framed token rows: [bos] class_map[label]... [eos], padded with `pad`, each row's
+// labels cut to max_length - 2; the width is the longest row's.
+at::Tensor greedy_draft(const at::Tensor& scores, const at::Tensor& input_lengths,
+                        const at::Tensor& class_map, int64_t blank, double blank_penalty, int64_t bos,
+                        int64_t eos, int64_t pad, int64_t max_length) {
+  Batch b = make_scores_batch(scores, /*bfloat16_ok=*/true);
+  check_index(input_lengths, "input_lengths", b.batch_size, scores);
+  check_index(class_map, "class_map", b.num_classes, scores);
+  TORCH_CHECK(blank >= 0 && blank < b.num_classes, "pyprune_C: blank must be in [0, ", b.num_classes,
+              "), got ", blank);
+  TORCH_CHECK(max_length >= 2, "pyprune_C: max_length must be at least 2 ([bos] and [eos]), got ",
+              max_length);
+  const int64_t* in_len = input_lengths.data_ptr<int64_t>();
+  for (int64_t n = 0; n < b.batch_size; ++n)
+    TORCH_CHECK(in_len[n] >= 0 && in_len[n] <= b.max_time, "pyprune_C: input_lengths must be in [0, ",
+                b.max_time, "], got ", in_len[n], " in row ", n);
+  b.input_lengths = in_len;
+  b.blank = blank;
+  b.blank_penalty = blank_penalty;
+  auto labels = at::empty({b.batch_size, b.max_time}, input_lengths.options());
+  auto lengths = at::empty({b.batch_size}, input_lengths.options());
+  greedy_into(b, scores, labels, lengths);
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  int64_t longest = 0;
+  for (int64_t n = 0; n < b.batch_size; ++n) longest = std::max(longest, std::min(len[n], max_length - 2));
+  const int64_t width = longest + 2;
+  auto out = at::empty({b.batch_size, width}, input_lengths.options());
+  const int64_t* map = class_map.data_ptr<int64_t>();
+  const int64_t* from = labels.data_ptr<int64_t>();
+  int64_t* to = out.data_ptr<int64_t>();
+  for (int64_t n = 0; n < b.batch_size; ++n) {
+    const int64_t count = std::min(len[n], max_length - 2);
+    int64_t* row = to + n * width;
+    row[0] = bos;
+    for (int64_t i = 0; i < count; ++i) row[1 + i] = map[from[n * b.max_time + i]];
+    row[1 + count] = eos;
+    std::fill(row + 2 + count, row + width, pad);
+  }
+  return out;
 }
 
 }  // namespace
@@ -126,6 +173,7 @@ TORCH_LIBRARY_IMPL(pyprune_C, CPU, m) {
   m.impl("ctc_logsumexp_rows", &logsumexp_rows);
   m.impl("ctc_best_alignment", &best_alignment);
   m.impl("ctc_greedy_decode", &greedy_decode);
+  m.impl("ctc_greedy_draft", &greedy_draft);
 }
 
 }  // namespace ctc

@@ -44,6 +44,10 @@ TORCH_LIBRARY(pyprune_C, m) {
       "Tensor input_lengths, Tensor target_lengths, int max_target_length, int blank) "
       "-> (Tensor, Tensor)");
   m.def("ctc_greedy_decode(Tensor scores, Tensor input_lengths, int blank) -> (Tensor, Tensor)");
+  // Greedy decoding to [bos] tokens [eos] rows (class_map: each class's token id).
+  m.def(
+      "ctc_greedy_draft(Tensor scores, Tensor input_lengths, Tensor class_map, int blank, "
+      "float blank_penalty, int bos, int eos, int pad, int max_length) -> Tensor");
 
   m.def(
       "lev_edit_targets(Tensor in_tokens, Tensor out_tokens, int padding_idx, int unk_idx) "

@@ -36,6 +36,7 @@ struct Batch {
   const int64_t* target_lengths = nullptr;  // [N]
   int64_t max_target_length = 0;  // S for padded targets, M for concatenated
   int64_t blank = 0;
+  double blank_penalty = 0.0;  // greedy decoding only: subtracted from the blank's score first
 };
 
 PYPRUNE_HOST_DEVICE inline int64_t alpha_offset(const Batch& b, int64_t n) {
@@ -111,6 +112,10 @@ void best_alignment_cpu(const Batch& b, const scalar_t* scores, int64_t* alignme
 // Greedy decoding: argmax per frame (first maximal class), merge repeats, drop
 // blanks, left-pack into tokens[n, :]; the rest of the row is blank. scalar_t: float, double, or
 // uint16_t for bfloat16 scores (their bit patterns; compared as their exact float32 values).
+// A nonzero b.blank_penalty is subtracted from the blank's score first, rounded as torch rounds
+// `scores[..., blank] -= penalty` in the scores' dtype (bfloat16: the penalty rounded to bfloat16,
+// the difference taken in float32 and rounded), so the decision is the one that in-place
+// subtraction would give.
 template <typename scalar_t>
 void greedy_decode_cpu(const Batch& b, const scalar_t* scores, int64_t* tokens,
                        int64_t* lengths, int64_t begin, int64_t end);

@@ -289,10 +289,58 @@ PYPRUNE_INLINE float score_value(float s) { return s; }
 PYPRUNE_INLINE double score_value(double s) { return s; }
 PYPRUNE_INLINE float score_value(uint16_t s) { return bf16_to_float(s); }
 
+// score - penalty as torch's in-place subtraction leaves it in the scores' dtype, as a value to compare:
+// for bfloat16 torch rounds the penalty to bfloat16 first, subtracts in float32 and rounds the result.
+PYPRUNE_INLINE float penalised(float s, double p) { return s - static_cast<float>(p); }
+PYPRUNE_INLINE double penalised(double s, double p) { return s - p; }
+PYPRUNE_INLINE float penalised(uint16_t s, double p) {
+  const float penalty = bf16_to_float(float_to_bf16(static_cast<float>(p)));
+  return bf16_to_float(float_to_bf16(bf16_to_float(s) - penalty));
+}
+
+// The first c in [begin, end) with row[c] == m, else end: whole chunks compared at once (vector
+// compares), then the matching chunk one by one. Scanning one by one from the start cost more than
+// finding the maximum (half the classes on average, each a scalar compare).
+template <typename T, typename Value>
+PYPRUNE_INLINE int64_t first_equal(const T* row, int64_t begin, int64_t end, Value m) {
+  constexpr int64_t kChunk = 32;
+  int64_t c = begin;
+  for (; c + kChunk <= end; c += kChunk) {
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t j = 0; j < kChunk; ++j) hit |= score_value(row[c + j]) == m;
+    if (hit) break;
+  }
+  for (; c < end; ++c)
+    if (score_value(row[c]) == m) return c;
+  return end;
+}
+
+// The first class of `row` with the highest value, the blank's value being `blank_value` (C - 1 where no
+// value equals the maximum: NaN scores).
+template <typename T, typename Value>
+PYPRUNE_INLINE int64_t best_class(const T* row, int64_t C, int64_t blank, Value blank_value) {
+  Value m = blank_value;
+#pragma omp simd reduction(max : m)
+  for (int64_t c = 0; c < blank; ++c) {
+    const Value x = score_value(row[c]);
+    m = x > m ? x : m;
+  }
+#pragma omp simd reduction(max : m)
+  for (int64_t c = blank + 1; c < C; ++c) {
+    const Value x = score_value(row[c]);
+    m = x > m ? x : m;
+  }
+  const int64_t before = first_equal(row, 0, blank, m);
+  if (before < blank) return before;
+  if (blank_value == m) return blank;
+  const int64_t after = first_equal(row, blank + 1, C, m);
+  return after < C ? after : C - 1;
+}
+
 template <typename T>
 PYPRUNE_INLINE void greedy_decode_impl(const Batch& b, const T* scores, int64_t* tokens,
                                        int64_t* lengths, int64_t begin, int64_t end) {
-  using Value = decltype(score_value(T{}));
   const int64_t C = b.num_classes;
   for (int64_t n = begin; n < end; ++n) {
     int64_t* out = tokens + n * b.max_time;
@@ -305,14 +353,9 @@ PYPRUNE_INLINE void greedy_decode_impl(const Batch& b, const T* scores, int64_t*
     int64_t count = 0, previous = -1;
     for (int64_t t = 0; t < input_length; ++t) {
       const T* row = frame(b, scores, t, n);
-      Value m = score_value(row[0]);
-#pragma omp simd reduction(max : m)
-      for (int64_t c = 0; c < C; ++c) {
-        const Value x = score_value(row[c]);
-        m = x > m ? x : m;
-      }
-      int64_t best = 0;
-      while (best < C - 1 && !(score_value(row[best]) == m)) ++best;
+      const auto blank_value =
+          b.blank_penalty != 0.0 ? penalised(row[b.blank], b.blank_penalty) : score_value(row[b.blank]);
+      const int64_t best = best_class(row, C, b.blank, blank_value);
       if (best != b.blank && best != previous) out[count++] = best;
       previous = best;
     }

@@ -219,6 +219,41 @@ static void test_greedy_decode() {
         long(lengths[0]));
 }
 
+static void test_greedy_blank_penalty() {
+  // 100 classes (several compare chunks), blank 0 at 1.0; the best other classes sit past the first chunk.
+  const int64_t T = 3, C = 100;
+  std::vector<float> scores(T * C, -1.0f);
+  for (int64_t t = 0; t < T; ++t) scores[t * C] = 1.0f;
+  scores[0 * C + 70] = 0.5f;
+  scores[1 * C + 40] = scores[1 * C + 90] = 0.5f;  // a tie: the first (40) wins
+  scores[2 * C + 33] = 2.0f;
+  std::vector<int64_t> input_lengths = {T}, tokens(T), lengths(1);
+  Batch b;
+  b.max_time = T;
+  b.batch_size = 1;
+  b.num_classes = C;
+  b.stride_time = C;
+  b.stride_batch = C;
+  b.input_lengths = input_lengths.data();
+  b.blank_penalty = 0.6;  // the blank at 0.4: every frame emits
+  greedy_decode_cpu<float>(b, scores.data(), tokens.data(), lengths.data(), 0, 1);
+  CHECK(lengths[0] == 3 && tokens[0] == 70 && tokens[1] == 40 && tokens[2] == 33,
+        "penalty 0.6: decoded %ld tokens", long(lengths[0]));
+  b.blank_penalty = 0.5;  // the blank ties at 0.5 and, the first class, wins
+  greedy_decode_cpu<float>(b, scores.data(), tokens.data(), lengths.data(), 0, 1);
+  CHECK(lengths[0] == 1 && tokens[0] == 33, "penalty 0.5: decoded %ld tokens", long(lengths[0]));
+
+  // bfloat16 rounds as torch: 1/3 becomes 0.333984375, and 1 - that (0.666015625, halfway) rounds to even,
+  // 0.6640625, below frame 0's class 70 at 0.66796875. In float32 the blank would tie class 70 and win.
+  std::vector<uint16_t> bits(T * C);
+  for (int64_t i = 0; i < T * C; ++i) bits[i] = float_to_bf16(scores[i]);
+  bits[0 * C + 70] = float_to_bf16(0.66796875f);
+  b.blank_penalty = 1.0 / 3.0;
+  greedy_decode_cpu<uint16_t>(b, bits.data(), tokens.data(), lengths.data(), 0, 1);
+  CHECK(lengths[0] == 2 && tokens[0] == 70 && tokens[1] == 33, "bfloat16 penalty 1/3: decoded %ld tokens",
+        long(lengths[0]));
+}
+
 static void test_invalid_samples_give_nan(std::mt19937& rng) {
   Problem p = random_problem(rng, 5, 3, 4, 2);
   p.targets[0] = 7;              // label >= C
@@ -237,6 +272,7 @@ int main() {
   test_forward_against_enumeration<float>(rng, 2e-5);
   test_gradient_against_finite_differences(rng);
   test_greedy_decode();
+  test_greedy_blank_penalty();
   test_invalid_samples_give_nan(rng);
   return check_report();
 }

@@ -68,7 +68,7 @@ def ctc_draft(model: DeerModel, sources: Tensor, blank_penalty: float = 0.0, fus
     lengths = sources.ne(model.config.pad_id).sum(1)
     n = model.num_slots(lengths)
     cache, h = model.encode_with_target(sources, model.ctc_slots(sources, lengths), fused)
-    return cache, ctc_draft_tokens(model, model.vocab_logits(h), n, blank_penalty, overwrite=True)
+    return cache, ctc_draft_tokens(model, model.vocab_logits(h), n, blank_penalty)
 
 
 @torch.no_grad()

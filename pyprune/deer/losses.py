@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import (apply_del_words, ctc_best_alignment, ctc_greedy_decode, ctc_loss_from_logits, get_del_targets,
+from ..ops import (apply_del_words, ctc_best_alignment, ctc_greedy_draft, ctc_loss_from_logits, get_del_targets,
                    get_ins_targets)
 from .model import DeerModel
 
@@ -42,34 +42,14 @@ def content(targets: Tensor, model: DeerModel) -> tuple[Tensor, Tensor]:
     return torch.where(keep, model.to_output(packed), 0), lengths
 
 
-def frame(tokens: Tensor, lengths: Tensor, model: DeerModel, max_width: Optional[int] = None) -> Tensor:
-    """[bos] tokens[:length] [eos] per row, padded (tokens are token ids; rows cut to fit max_width)."""
-    c = model.config
-    if max_width is not None:
-        lengths = lengths.clamp(max=max_width - 2)
-    width = int(lengths.max()) + 2 if len(lengths) else 2
-    pos = torch.arange(width, device=tokens.device)[None]
-    pos = pos.expand(len(lengths), width)
-    if tokens.shape[1]:
-        body = tokens.gather(1, (pos - 1).clamp(min=0, max=tokens.shape[1] - 1))
-    else:
-        body = torch.full_like(pos, c.pad_id)
-    out = torch.where(pos == 0, c.bos_id, torch.where(pos <= lengths[:, None], body, c.pad_id))
-    return out.masked_fill(pos == lengths[:, None] + 1, c.eos_id)
-
-
-def ctc_draft_tokens(model: DeerModel, logits: Tensor, n_slots: Tensor, blank_penalty: float = 0.0,
-                     overwrite: bool = False) -> Tensor:
+def ctc_draft_tokens(model: DeerModel, logits: Tensor, n_slots: Tensor, blank_penalty: float = 0.0) -> Tensor:
     """The greedy CTC draft of `logits` as [bos] tokens [eos] rows, with `blank_penalty` subtracted from the
-    blank's logit first (a positive penalty gives longer drafts): in a copy of `logits`, or, with `overwrite`
-    (the caller's logits are used by nothing else), in `logits` itself (at batch 32 the copy cost 5% of a
-    CTC draft)."""
-    if blank_penalty:
-        if not overwrite:
-            logits = logits.clone()
-        logits[..., 0] -= blank_penalty
-    classes, lengths = ctc_greedy_decode(logits, n_slots, blank=0, batch_first=True)
-    return frame(model.to_tokens(classes), lengths, model, model.max_positions)
+    blank's logit first (a positive penalty gives longer drafts); `logits` are left as they are
+    (``ctc_greedy_draft``: one op from the logits to the framed rows)."""
+    c = model.config
+    return ctc_greedy_draft(logits, n_slots, model.out_to_token, bos=c.bos_id, eos=c.eos_id, pad=c.pad_id,
+                            blank=0, blank_penalty=blank_penalty, max_length=model.max_positions,
+                            batch_first=True)
 
 
 # Blank penalties ``length_matching_penalty`` chooses from.

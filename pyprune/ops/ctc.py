@@ -12,7 +12,9 @@ report NaN for an invalid sample.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Union
+import math
+
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -216,6 +218,10 @@ def _greedy_decode(k, scores, in_len, blank):
     return k.ctc_greedy_decode(scores, in_len, blank)
 
 
+def _greedy_draft(k, scores, in_len, class_map, blank, blank_penalty, bos, eos, pad, max_length):
+    return k.ctc_greedy_draft(scores, in_len, class_map, blank, blank_penalty, bos, eos, pad, max_length)
+
+
 define("ctc_loss_forward",
        f"(Tensor log_probs, {_BATCH_ARGS}, bool zero_infinity) -> (Tensor, Tensor)",
        _loss_forward, ctc_reference)
@@ -237,6 +243,10 @@ define("ctc_best_alignment", f"(Tensor log_probs, {_BATCH_ARGS}) -> (Tensor, Ten
        _best_alignment, ctc_reference)
 define("ctc_greedy_decode", "(Tensor scores, Tensor input_lengths, int blank) -> (Tensor, Tensor)",
        _greedy_decode, ctc_reference)
+define("ctc_greedy_draft",
+       "(Tensor scores, Tensor input_lengths, Tensor class_map, int blank, float blank_penalty, int bos, "
+       "int eos, int pad, int max_length) -> Tensor",
+       _greedy_draft, ctc_reference)
 
 
 def _alpha_numel(scores: Tensor, targets: Tensor) -> int:
@@ -276,6 +286,12 @@ def _(log_probs, targets, offsets, in_len, tgt_len, max_len, blank):
 def _(scores, in_len, blank):
     T, N = scores.shape[0], scores.shape[1]
     return in_len.new_empty(N, T, dtype=torch.long), in_len.new_empty(N, dtype=torch.long)
+
+
+@torch.library.register_fake("pyprune::ctc_greedy_draft")
+def _(scores, in_len, class_map, blank, blank_penalty, bos, eos, pad, max_length):
+    width = torch.library.get_ctx().new_dynamic_size(min=2)       # the longest row's: known after decoding
+    return in_len.new_empty(scores.shape[1], width, dtype=torch.long)
 
 
 def _setup_loss(ctx, inputs, output):
@@ -414,6 +430,63 @@ def ctc_greedy_decode(scores: Tensor, input_lengths: Lengths, blank: int = 0,
               f"min {int(host.min())}, max {int(host.max())}")
     return torch.ops.pyprune.ctc_greedy_decode(
         scores, lengths.to(device=scores.device, dtype=torch.long).contiguous(), blank)
+
+
+def ctc_greedy_draft(scores: Tensor, input_lengths: Lengths, class_map: Tensor, *, bos: int, eos: int, pad: int,
+                     blank: int = 0, blank_penalty: float = 0.0, max_length: Optional[int] = None,
+                     batch_first: bool = False) -> Tensor:
+    """Greedy CTC decoding straight to framed token rows: what a
+    non-autoregressive generator hands on as its draft.
+
+    Per sample: the greedy labels of ``ctc_greedy_decode`` (after subtracting
+    `blank_penalty` from the blank's score, rounded as ``scores[..., blank] -=
+    blank_penalty`` would leave it in the scores' dtype; a positive penalty
+    gives longer outputs), each mapped to ``class_map[label]``, framed as
+    ``[bos] tokens [eos]`` and padded with `pad`. The scores are not modified.
+
+    Args:
+        scores: (T, N, C) (or (N, T, C) with batch_first) logits or
+            log-probabilities; float16 is decoded as its float32 values.
+        input_lengths: (N,) valid frames per sample.
+        class_map: (C,) int64 token id of each class (the blank's is unused).
+        max_length: longest row, [bos] and [eos] included (rows are cut to it);
+            None: no limit.
+    Returns:
+        (N, W) int64, W = 2 + the longest row's label count (after the cut).
+    """
+    _check_scores("scores", scores, allow_unbatched=False)
+    given = scores.transpose(0, 1) if batch_first else scores
+    scores = _compute_dtype(given, keep_bfloat16=scores.device.type == "cpu")   # the CPU kernel reads bfloat16
+    T, N, C = scores.shape
+    _check_blank(blank, C)
+    if isinstance(blank_penalty, bool) or not isinstance(blank_penalty, (int, float)) \
+            or not math.isfinite(blank_penalty):
+        fail("blank_penalty", "a finite number", blank_penalty)
+    if blank_penalty and scores.dtype != given.dtype:     # widened for the kernel: subtract in the given dtype
+        penalised = given.clone()
+        penalised[..., blank] -= blank_penalty
+        scores, blank_penalty = _compute_dtype(penalised), 0.0
+    if not isinstance(class_map, Tensor) or class_map.dtype != torch.long or class_map.shape != (C,):
+        fail("class_map", f"an int64 tensor of shape ({C},): a token id per class",
+             type(class_map).__name__ if not isinstance(class_map, Tensor)
+             else f"{class_map.dtype} {tuple(class_map.shape)}")
+    if class_map.device != scores.device:
+        fail("class_map", f"a tensor on {scores.device} like scores", f"a tensor on {class_map.device}")
+    for name, value in (("bos", bos), ("eos", eos), ("pad", pad)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(name, "a token id (int)", type(value).__name__)
+    if max_length is None:
+        max_length = T + 2
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        fail("max_length", "an int >= 2 ([bos] and [eos]) or None", max_length)
+    lengths = _as_lengths("input_lengths", input_lengths, N, scores.device, False)
+    host = _host_values(lengths)
+    if host is not None and N > 0 and (int(host.min()) < 0 or int(host.max()) > T):
+        fail("input_lengths", f"values in [0, {T}] (T of scores)",
+             f"min {int(host.min())}, max {int(host.max())}")
+    return torch.ops.pyprune.ctc_greedy_draft(
+        scores, lengths.to(device=scores.device, dtype=torch.long).contiguous(), class_map.contiguous(), blank,
+        float(blank_penalty), bos, eos, pad, max_length)
 
 
 def ctc_best_alignment(log_probs: Tensor, targets: Tensor, input_lengths: Lengths,

@@ -255,3 +255,21 @@ def ctc_greedy_decode(scores: Tensor, input_lengths: Tensor, blank: int) -> tupl
     rows = torch.arange(N, device=scores.device)[:, None].expand(N, T)
     tokens[rows[keep], position[keep]] = best[keep]
     return tokens, keep.sum(dim=1)
+
+
+def ctc_greedy_draft(scores: Tensor, input_lengths: Tensor, class_map: Tensor, blank: int, blank_penalty: float,
+                     bos: int, eos: int, pad: int, max_length: int) -> Tensor:
+    """[bos] class_map[label]... [eos] rows of the greedy decoding, padded with `pad`, each row's labels cut to
+    `max_length` - 2; `blank_penalty` is subtracted from the blank's score first, in the scores' dtype."""
+    if blank_penalty:
+        scores = scores.clone()
+        scores[..., blank] -= blank_penalty
+    labels, lengths = ctc_greedy_decode(scores, input_lengths, blank)
+    lengths = lengths.clamp(max=max_length - 2)
+    N = labels.shape[0]
+    width = int(lengths.max()) + 2 if N else 2
+    pos = torch.arange(width, device=labels.device)[None].expand(N, width)
+    body = class_map[labels.gather(1, (pos - 1).clamp(0, max(labels.shape[1] - 1, 0)))] if labels.shape[1] \
+        else torch.full_like(pos, pad)
+    out = torch.where(pos == 0, bos, torch.where(pos <= lengths[:, None], body, pad))
+    return out.masked_fill(pos == lengths[:, None] + 1, eos)
