@@ -1,5 +1,6 @@
 """Batched CTC: loss (drop-in for torch.nn.functional.ctc_loss), fused loss
-from logits with label smoothing, greedy decoding and best (Viterbi) alignment.
+from logits with label smoothing, greedy decoding (to labels, or straight to
+framed token rows) and best (Viterbi) alignment.
 
 Public functions validate and normalise their inputs, then call the
 ``pyprune::ctc_*`` ops, which route to the C++ (CPU) or CUDA kernels, or to the
@@ -13,7 +14,6 @@ report NaN for an invalid sample.
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
