@@ -7,6 +7,14 @@ def fail(name: str, expected: str, got) -> None:
     raise ValueError(f"{name}: expected {expected}, got {got}")
 
 
+def finite_number(name: str, value) -> float:
+    """`value` as a float; anything but a finite int or float (bools included) fails naming `name`."""
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        fail(name, "a finite number", value)
+    return float(value)
+
+
 def check_attention_inputs(q, k, v) -> tuple[int, int, int, int, int]:
     """(B, H, Lq, Lk, D) of attention inputs q (B, H, Lq, D) and k, v (B, H, Lk, D), floating-point 4-D
     tensors; anything else fails naming the argument."""

@@ -39,6 +39,13 @@ def per_call_us(fns, calls: int, rounds: int) -> list:
     return [1e3 * ms / calls for ms in interleaved_median_ms(loops, "cpu", repeats=rounds)]
 
 
+def call_pair(anchor, new, calls: int = 300, rounds: int = 7) -> tuple:
+    """(whether `anchor()` and `new()` give equal tensors on their first calls, which also warm them up, then
+    their median us per call, ``per_call_us``)."""
+    same = torch.equal(anchor(), new())
+    return (same, *per_call_us([anchor, new], calls, rounds))
+
+
 def median(values: list) -> float:
     return sorted(values)[len(values) // 2]
 

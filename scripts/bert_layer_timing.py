@@ -22,7 +22,7 @@ import argparse
 import torch
 
 import pyprune.deer.model as deer_model
-from _deer_ab import per_call_us
+from _deer_ab import call_pair, per_call_us
 from pyprune.deer.api import Deer
 
 
@@ -70,10 +70,9 @@ def main() -> None:
         print("| shape | Python ops us | bert_layer us | speed-up | same bits |")
         print("|---|---:|---:|---:|---:|")
         for name, call in passes.items():
-            python, fused = way(False, lambda: call(0)), way(True, lambda: call(0))
-            same = torch.equal(python(), fused())                 # (also the warm-up)
-            us = per_call_us([python, fused], args.calls, args.rounds)
-            print(f"| {name} | {us[0]:.1f} | {us[1]:.1f} | {us[0] / us[1]:.2f}x | {same} |")
+            same, python, fused = call_pair(way(False, lambda: call(0)), way(True, lambda: call(0)), args.calls,
+                                            args.rounds)
+            print(f"| {name} | {python:.1f} | {fused:.1f} | {python / fused:.2f}x | {same} |")
 
         n = len(layers)
         print(f"\nbert_layer, us per layer call: the first layer {n} times in a row against the {n} layers in "

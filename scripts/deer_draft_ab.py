@@ -18,7 +18,7 @@ should).
 import torch
 
 import pyprune.deer.generate as generate
-from _deer_ab import decoders_with_baseline, per_call_us, setup, switch_ab
+from _deer_ab import call_pair, decoders_with_baseline, setup, switch_ab
 from pyprune.deer.losses import ctc_draft_tokens
 from pyprune.ops import ctc_greedy_decode
 
@@ -51,14 +51,11 @@ def call_table(deer, sources, dtype) -> None:
     n = model.num_slots(lengths)
     _, h = model.encode_with_target(source, model.ctc_slots(source, lengths))
     logits = model.vocab_logits(h)
-    calls = 300
     scratch = logits.clone()           # the anchor subtracts the penalty in place: every call on this copy
-    op = lambda: ctc_draft_tokens(model, logits, n, penalty)                      # noqa: E731
-    composed = lambda: composed_draft(model, scratch, n, penalty)                 # noqa: E731
-    same = torch.equal(op(), composed())                                          # (also the warm-up)
-    us = per_call_us([composed, op], calls, 7)
+    same, composed, op = call_pair(lambda: composed_draft(model, scratch, n, penalty),
+                                   lambda: ctc_draft_tokens(model, logits, n, penalty))
     print(f"one draft from {tuple(logits.shape)} logits, {dtype}, blank penalty {penalty:g}: torch ops "
-          f"{us[0]:.1f} us, one op {us[1]:.1f} us ({us[0] / us[1]:.2f}x), same rows: {same}")
+          f"{composed:.1f} us, one op {op:.1f} us ({composed / op:.2f}x), same rows: {same}")
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ sentence, the ratio, and how many outputs stay the same (all should).
 import torch
 
 import pyprune.deer.model as deer_model
-from _deer_ab import deer_decoders, per_call_us, setup, switch_ab
+from _deer_ab import call_pair, deer_decoders, setup, switch_ab
 
 PLAIN = deer_model.PLAIN_EMBEDDINGS
 
@@ -28,7 +28,6 @@ def call_table(deer, sources, dtype) -> None:
     model = deer.sub_network(1.0, dtype, packed=True)
     source = torch.tensor([sources[0]])
     slots = model.ctc_slots(source, source.ne(model.config.pad_id).sum(1))
-    calls = 300
 
     def way(on: bool):
         def run():
@@ -38,11 +37,9 @@ def call_table(deer, sources, dtype) -> None:
             finally:
                 use_plain(True)
         return run
-    module, plain = way(False), way(True)
-    same = torch.equal(module(), plain())                              # (also the warm-up)
-    us = per_call_us([module, plain], calls, 7)
-    print(f"one embedding call, {tuple(slots.shape)} slots, {dtype}: module {us[0]:.1f} us, direct sums "
-          f"{us[1]:.1f} us ({us[0] / us[1]:.2f}x), same bits: {same}")
+    same, module, plain = call_pair(way(False), way(True))
+    print(f"one embedding call, {tuple(slots.shape)} slots, {dtype}: module {module:.1f} us, direct sums "
+          f"{plain:.1f} us ({module / plain:.2f}x), same bits: {same}")
 
 
 def main() -> None:

@@ -186,6 +186,18 @@ static void test_gradient_against_finite_differences(std::mt19937& rng) {
   }
 }
 
+// A batch of one sample of T frames of C classes, scores laid out (T, C).
+static Batch one_sample(int64_t T, int64_t C, const int64_t* input_lengths) {
+  Batch b;
+  b.max_time = T;
+  b.batch_size = 1;
+  b.num_classes = C;
+  b.stride_time = C;
+  b.stride_batch = C;
+  b.input_lengths = input_lengths;
+  return b;
+}
+
 static void test_greedy_decode() {
   // Frames' best classes: 1 1 0 1 2 2 0 -> decoded 1 1 2.
   const int64_t T = 7, C = 3;
@@ -193,13 +205,7 @@ static void test_greedy_decode() {
   std::vector<float> scores(T * C, -1.0f);
   for (int64_t t = 0; t < T; ++t) scores[t * C + best[t]] = 1.0f;
   std::vector<int64_t> input_lengths = {T}, tokens(T), lengths(1);
-  Batch b;
-  b.max_time = T;
-  b.batch_size = 1;
-  b.num_classes = C;
-  b.stride_time = C;
-  b.stride_batch = C;
-  b.input_lengths = input_lengths.data();
+  Batch b = one_sample(T, C, input_lengths.data());
   greedy_decode_cpu<float>(b, scores.data(), tokens.data(), lengths.data(), 0, 1);
   CHECK(lengths[0] == 3 && tokens[0] == 1 && tokens[1] == 1 && tokens[2] == 2 && tokens[3] == 0,
         "decoded %ld tokens", long(lengths[0]));
@@ -228,13 +234,7 @@ static void test_greedy_blank_penalty() {
   scores[1 * C + 40] = scores[1 * C + 90] = 0.5f;  // a tie: the first (40) wins
   scores[2 * C + 33] = 2.0f;
   std::vector<int64_t> input_lengths = {T}, tokens(T), lengths(1);
-  Batch b;
-  b.max_time = T;
-  b.batch_size = 1;
-  b.num_classes = C;
-  b.stride_time = C;
-  b.stride_batch = C;
-  b.input_lengths = input_lengths.data();
+  Batch b = one_sample(T, C, input_lengths.data());
   b.blank_penalty = 0.6;  // the blank at 0.4: every frame emits
   greedy_decode_cpu<float>(b, scores.data(), tokens.data(), lengths.data(), 0, 1);
   CHECK(lengths[0] == 3 && tokens[0] == 70 && tokens[1] == 40 && tokens[2] == 33,

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import fail
-from .generate import _trim, check_penalty, ctc_draft, edit_once, sorted_batches, words_of
+from .._validation import fail, finite_number
+from .generate import _trim, ctc_draft, edit_once, sorted_batches, words_of
 
 DELETION_GRID = (0.0, 1.0, 2.0)
 INSERTION_GRID = (0.0, 1.0)
@@ -27,7 +27,7 @@ INSERTION_GRID = (0.0, 1.0)
 def _grid(name: str, values) -> tuple[float, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
         fail(name, "a non-empty sequence of penalties", values)
-    return tuple(check_penalty(name, v) for v in values)
+    return tuple(finite_number(name, v) for v in values)
 
 
 @torch.no_grad()

@@ -14,13 +14,12 @@ best on validation sentences (``pyprune.deer.calibrate``).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .._validation import fail
+from .._validation import fail, finite_number
 from ..ops import apply_del_words, apply_ins_masks, apply_ins_words
 from .losses import ctc_draft_tokens
 from .model import DeerModel, FusedLayers
@@ -140,12 +139,6 @@ def _edit(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], deletion
     return _insert(model, cache, deleted, h if torch.equal(deleted, tokens) else None, insertion_penalty)
 
 
-def check_penalty(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        fail(name, "a finite number", value)
-    return float(value)
-
-
 @torch.no_grad()
 def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: int = 2, adaptive: bool = True,
                  batch_size: int = 32, blank_penalty: float = 0.0, deletion_penalty: float = 0.0,
@@ -157,7 +150,7 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
         fail("batch_size", "a positive integer", batch_size)
     for name, value in (("blank_penalty", blank_penalty), ("deletion_penalty", deletion_penalty),
                         ("insertion_penalty", insertion_penalty)):
-        check_penalty(name, value)
+        finite_number(name, value)
     if len(sources) == 0:
         return []
     c = model.config

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from pyprune import backends
-from pyprune._validation import check_attention_inputs, fail
+from pyprune._validation import check_attention_inputs, fail, finite_number
 
 from . import attention_reference
 from ._registry import define
@@ -72,9 +72,7 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor
              if isinstance(key_valid, Tensor) else type(key_valid).__name__)
     if isinstance(prefix, bool) or not isinstance(prefix, int) or not 0 <= prefix <= K:
         fail("prefix", f"an integer in [0, {K}] (the keys)", prefix)
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        fail("scale", "a finite number", scale)
+    scale = finite_number("scale", 1.0 / math.sqrt(D) if scale is None else scale)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return attention_reference.masked_attention(q, k, v, key_valid, prefix, float(scale))
-    return torch.ops.pyprune.masked_attention(q, k, v, key_valid, prefix, float(scale))
+        return attention_reference.masked_attention(q, k, v, key_valid, prefix, scale)
+    return torch.ops.pyprune.masked_attention(q, k, v, key_valid, prefix, scale)

@@ -13,13 +13,12 @@ report NaN for an invalid sample.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from pyprune._validation import fail
+from pyprune._validation import fail, finite_number
 
 from . import ctc_reference
 from ._registry import define
@@ -402,6 +401,17 @@ def ctc_loss_from_logits(logits: Tensor, targets: Tensor, input_lengths: Lengths
     return (1.0 - eps) * loss + eps * smooth_loss
 
 
+def _frame_lengths(input_lengths: Lengths, scores: Tensor) -> Tensor:
+    """The greedy decoders' input lengths (one per sample of the (T, N, C) `scores`, each in [0, T] where
+    readable on the host) as a contiguous int64 tensor on the scores' device."""
+    T, N = scores.shape[0], scores.shape[1]
+    lengths = _as_lengths("input_lengths", input_lengths, N, scores.device, False)
+    host = _host_values(lengths)
+    if host is not None and N > 0 and (int(host.min()) < 0 or int(host.max()) > T):
+        fail("input_lengths", f"values in [0, {T}] (T of scores)", f"min {int(host.min())}, max {int(host.max())}")
+    return lengths.to(device=scores.device, dtype=torch.long).contiguous()
+
+
 def ctc_greedy_decode(scores: Tensor, input_lengths: Lengths, blank: int = 0,
                       batch_first: bool = False) -> tuple[Tensor, Tensor]:
     """Greedy CTC decoding of a batch, without a Python loop over it.
@@ -421,15 +431,8 @@ def ctc_greedy_decode(scores: Tensor, input_lengths: Lengths, blank: int = 0,
     _check_scores("scores", scores, allow_unbatched=False)
     scores = _compute_dtype(scores.transpose(0, 1) if batch_first else scores,
                             keep_bfloat16=scores.device.type == "cpu")     # the CPU kernel reads bfloat16
-    T, N, C = scores.shape
-    _check_blank(blank, C)
-    lengths = _as_lengths("input_lengths", input_lengths, N, scores.device, False)
-    host = _host_values(lengths)
-    if host is not None and N > 0 and (int(host.min()) < 0 or int(host.max()) > T):
-        fail("input_lengths", f"values in [0, {T}] (T of scores)",
-              f"min {int(host.min())}, max {int(host.max())}")
-    return torch.ops.pyprune.ctc_greedy_decode(
-        scores, lengths.to(device=scores.device, dtype=torch.long).contiguous(), blank)
+    _check_blank(blank, scores.shape[2])
+    return torch.ops.pyprune.ctc_greedy_decode(scores, _frame_lengths(input_lengths, scores), blank)
 
 
 def ctc_greedy_draft(scores: Tensor, input_lengths: Lengths, class_map: Tensor, *, bos: int, eos: int, pad: int,
@@ -457,11 +460,9 @@ def ctc_greedy_draft(scores: Tensor, input_lengths: Lengths, class_map: Tensor, 
     _check_scores("scores", scores, allow_unbatched=False)
     given = scores.transpose(0, 1) if batch_first else scores
     scores = _compute_dtype(given, keep_bfloat16=scores.device.type == "cpu")   # the CPU kernel reads bfloat16
-    T, N, C = scores.shape
+    T, C = scores.shape[0], scores.shape[2]
     _check_blank(blank, C)
-    if isinstance(blank_penalty, bool) or not isinstance(blank_penalty, (int, float)) \
-            or not math.isfinite(blank_penalty):
-        fail("blank_penalty", "a finite number", blank_penalty)
+    blank_penalty = finite_number("blank_penalty", blank_penalty)
     if blank_penalty and scores.dtype != given.dtype:     # widened for the kernel: subtract in the given dtype
         penalised = given.clone()
         penalised[..., blank] -= blank_penalty
@@ -479,14 +480,8 @@ def ctc_greedy_draft(scores: Tensor, input_lengths: Lengths, class_map: Tensor, 
         max_length = T + 2
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         fail("max_length", "an int >= 2 ([bos] and [eos]) or None", max_length)
-    lengths = _as_lengths("input_lengths", input_lengths, N, scores.device, False)
-    host = _host_values(lengths)
-    if host is not None and N > 0 and (int(host.min()) < 0 or int(host.max()) > T):
-        fail("input_lengths", f"values in [0, {T}] (T of scores)",
-             f"min {int(host.min())}, max {int(host.max())}")
-    return torch.ops.pyprune.ctc_greedy_draft(
-        scores, lengths.to(device=scores.device, dtype=torch.long).contiguous(), class_map.contiguous(), blank,
-        float(blank_penalty), bos, eos, pad, max_length)
+    return torch.ops.pyprune.ctc_greedy_draft(scores, _frame_lengths(input_lengths, scores), class_map.contiguous(),
+                                              blank, blank_penalty, bos, eos, pad, max_length)
 
 
 def ctc_best_alignment(log_probs: Tensor, targets: Tensor, input_lengths: Lengths,
