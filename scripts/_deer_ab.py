@@ -50,18 +50,19 @@ def median(values: list) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def deer_decoders(deer, sources, dtype, keeps, iterations, baseline=None) -> dict:
-    """{name: decode()} for DEER at `keeps` x `iterations` on its packed sub-networks in `dtype`, batch 1,
-    and for `baseline` (an AR model already in `dtype`) when given."""
+def deer_decoders(deer, sources, dtype, keeps, iterations, baseline=None, batch_size: int = 1) -> dict:
+    """{name: decode()} for DEER at `keeps` x `iterations` on its packed sub-networks in `dtype`, and for
+    `baseline` (an AR model already in `dtype`) when given, in batches of `batch_size`."""
     from pyprune.deer.generate import generate_ids
     decoders = {}
     for keep in keeps:
         model, penalties = deer.sub_network(keep, dtype, packed=True), deer.decoding(keep)
         for k in iterations:
             decoders[f"DEER keep {keep:g}, {k} iter."] = (
-                lambda m=model, p=penalties, k=k: generate_ids(m, sources, max_iter=k, batch_size=1, **p))
+                lambda m=model, p=penalties, k=k: generate_ids(m, sources, max_iter=k, batch_size=batch_size,
+                                                               **p))
     if baseline is not None:
-        decoders["autoregressive"] = lambda: baseline.generate_ids(sources, batch_size=1)
+        decoders["autoregressive"] = lambda: baseline.generate_ids(sources, batch_size=batch_size)
     return decoders
 
 

@@ -1,7 +1,9 @@
-"""Batch-1 decoding on two builds of pyprune: a change inside the C++ kernels, which has no Python switch.
+"""Decoding on two builds of pyprune: a change with no Python switch (inside the C++ kernels, or in the
+decoding loop itself).
 
     python scripts/deer_builds_ab.py RUN_DIR --base TREE [--dtype bfloat16] [--rounds 5]
                                      [--sentences 30] [--keeps 1 0.75] [--iterations 0 1]
+                                     [--batch-size 1]
 
 TREE is another checkout with its extension built in place (for example
 ``git worktree add TREE HEAD~1 && cd TREE && PYPRUNE_BUILD_EXT=1 python
@@ -9,9 +11,10 @@ setup.py build_ext --inplace``). Each round runs one fresh process per build,
 the two in turn (base first, then this tree), with PYTHONPATH pointing at
 the build; a process decodes the first --sentences test sentences once to
 warm up, then once timed per decoding: DEER's packed sub-networks at --keeps
-x --iterations and RUN_DIR's AR baseline, all in --dtype on 2 threads, as
-``pyprune deer evaluate`` times them. Prints the median ms per sentence of
-each build, the speed-up, and how many outputs the two builds share.
+x --iterations and RUN_DIR's AR baseline, all in --dtype on 2 threads, in
+batches of --batch-size, as ``pyprune deer evaluate`` times them. Prints the
+median ms per sentence of each build, the speed-up, and how many outputs the
+two builds share.
 """
 import argparse
 import json
@@ -39,7 +42,7 @@ dtype = getattr(torch, config["dtype"])
 deer, _ = Deer.load(config["run"])
 sources = deer.encode([s for s, _ in read_split(_data_dir("default"), "test")])[:config["sentences"]]
 decoders = deer_decoders(deer, sources, dtype, config["keeps"], config["iterations"],
-                         ar_baseline(config["run"], deer, dtype))
+                         ar_baseline(config["run"], deer, dtype), config["batch_size"])
 for decode in decoders.values():                          # warm-up
     decode()
 times, outputs = interleaved(lambda name, _: decoders[name](), list(decoders), (None,), 1, len(sources))
@@ -50,7 +53,7 @@ print(json.dumps({"module": pyprune.__file__, "times": {name: ms for (name, _), 
 
 def child(tree: str, args) -> dict:
     config = {"scripts": HERE, "dtype": args.dtype, "run": os.path.abspath(args.run), "sentences": args.sentences,
-              "keeps": args.keeps, "iterations": args.iterations}
+              "keeps": args.keeps, "iterations": args.iterations, "batch_size": args.batch_size}
     env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], env=env, cwd=tree, check=True,
                          capture_output=True, text=True).stdout
@@ -70,6 +73,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=30)
     parser.add_argument("--keeps", type=float, nargs="+", default=[1.0, 0.75])
     parser.add_argument("--iterations", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--batch-size", type=int, default=1)
     args = parser.parse_args()
     builds = {"base": args.base, "this tree": TREE}
     times, outputs = {}, {}
@@ -80,7 +84,8 @@ def main() -> None:
                 times.setdefault((name, build), []).append(ms)
                 outputs[name, build] = result["outputs"][name]
     names = list(dict.fromkeys(name for name, _ in times))
-    print_ab(names, list(builds), times, outputs, ("base", "this tree"), dtype=args.dtype)
+    print_ab(names, list(builds), times, outputs, ("base", "this tree"), dtype=args.dtype,
+             batch=args.batch_size)
 
 
 if __name__ == "__main__":

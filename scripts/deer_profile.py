@@ -7,9 +7,10 @@
 Decodes the first --sentences test sentences as ``pyprune deer evaluate``
 does (the packed sub-network of --keep, its penalties), once to warm up,
 --rounds times timed, once under the profiler; prints ms per sentence, how
-many target passes over the encoder an edit iteration ran (each sentence
-also runs one CTC pass), and the profiler's table of operators by self CPU
-time (--shapes: one line per operator and input shapes). The profiler's own
+many target passes over the encoder the edit iterations ran and how many
+target positions they computed (each sentence also runs one CTC pass), and
+the profiler's table of operators by self CPU time (--rows 0: none;
+--shapes: one line per operator and input shapes). The profiler's own
 overhead inflates the total; read the shares, not the absolute times.
 
 The timed decodings run without the profiler: their wall time split into
@@ -42,12 +43,13 @@ from pyprune.deer.model import DeerModel
 
 
 def count_passes(decode) -> list:
-    """(target length, whether only some rows' states were asked for) of every ``decode_target`` pass that
-    `decode()` runs: the edit iterations' passes (the fill pass runs its last layer on the placeholders)."""
+    """(batch rows, target length, whether only some positions' states were asked for) of every
+    ``decode_target`` pass that `decode()` runs: the edit iterations' passes (the fill pass runs its last
+    layer on the placeholders)."""
     passes, real = [], DeerModel.decode_target
 
     def counted(model, cache, targets, rows=None):
-        passes.append((targets.shape[1], rows is not None))
+        passes.append((*targets.shape, rows is not None))
         return real(model, cache, targets, rows)
     with mock.patch.object(DeerModel, "decode_target", counted):
         decode()
@@ -165,7 +167,7 @@ def options(parser) -> None:
     parser.add_argument("--keep", type=float, default=1.0)
     parser.add_argument("--iterations", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--rows", type=int, default=25, help="table rows")
+    parser.add_argument("--rows", type=int, default=25, help="table rows (0: no profiler table)")
     parser.add_argument("--shapes", action="store_true")
     parser.add_argument("--autoregressive", action="store_true", help="split the AR baseline's decoding too")
     parser.add_argument("--glue", action="store_true", help="time DEER's steps between the kernels one by one")
@@ -201,10 +203,13 @@ def main() -> None:
         if args.glue:
             print_glue(decode, model, sources, args.rounds)
         passes = count_passes(decode)
-        fill = sum(only_rows for _, only_rows in passes)
-        rows = sum(length for length, _ in passes) / max(len(passes), 1)
-        print(f"edit passes per sentence: {(len(passes) - fill) / len(sources):.2f} over every target row, "
-              f"{fill / len(sources):.2f} filling placeholders; {rows:.1f} target tokens per pass")
+        fill = sum(only_some for *_, only_some in passes)
+        tokens = sum(rows * length for rows, length, _ in passes) / len(sources)
+        print(f"edit passes per sentence: {(len(passes) - fill) / len(sources):.2f} computing every position, "
+              f"{fill / len(sources):.2f} filling placeholders (a pass over a batch counts once); {tokens:.1f} "
+              f"target positions through the encoder a sentence (padding included)")
+        if args.rows == 0:
+            return
         with profile(record_shapes=args.shapes) as prof:
             decode()
     print(prof.key_averages(group_by_input_shape=args.shapes).table(sort_by="self_cpu_time_total",

@@ -214,13 +214,28 @@ def test_an_iteration_that_only_deleted_hands_its_states_to_the_next(tokenizer, 
     reused = generate_ids(model, ids, **options)
     with_reuse = len(passes)
     edit = generate._edit
-    monkeypatch.setattr(generate, "_edit", lambda *args: (edit(*args)[0], None))   # every iteration from a pass
+    monkeypatch.setattr(generate, "_edit", lambda *args: (edit(*args)[0], None, None))   # every iteration from a pass
     passes.clear()
     assert generate_ids(model, ids, **options) == reused
     # Insertions are off, so every iteration only deletes: each one after the first skips its first pass
     # (without `adaptive` all three run; with it, the second runs because the first deleted something).
     assert any(len(r) < len(s) - 2 for r, s in zip(reused, ids))
     assert with_reuse == len(passes) - 2 if not adaptive else with_reuse < len(passes)
+
+
+def test_edit_passes_run_on_the_rows_whose_tokens_changed(tokenizer, monkeypatch):
+    deer = make(tokenizer)
+    model, ids = deer.sub_network(1.0), deer.encode(SOURCES)
+    passes = []
+    decode = model.decode_target
+    monkeypatch.setattr(model, "decode_target", lambda cache, tokens, **rows: passes.append(
+        (len(tokens), bool(rows))) or decode(cache, tokens, **rows))
+    # Without `adaptive` every row stays in the batch, so a pass on fewer than three rows left some out.
+    options = dict(max_iter=2, adaptive=False, deletion_penalty=0.0, insertion_penalty=1.0)
+    batched = generate_ids(model, ids, batch_size=3, **options)
+    subsets = [(n, fill) for n, fill in passes if n < 3]
+    assert any(not fill for _, fill in subsets) and any(fill for _, fill in subsets)   # placeholders and fills
+    assert batched == generate_ids(model, ids, batch_size=1, **options)
 
 
 def test_ctc_slots(tokenizer):
@@ -379,7 +394,7 @@ def test_training_fits_and_generate_takes_every_option(tokenizer, tmp_path):
     three = generate_ids(deer.sub_network(1.0), deer.encode(SOURCES), max_iter=2, batch_size=3)
     assert one == three
     # Eager deletions: rows stop at different iterations, and the later ones run on the remaining rows'
-    # source cache, selected when a row leaves (and only then).
+    # source cache, selected when a row leaves or a pass runs on some rows (never at batch 1).
     selected = []
     select = SourceCache.select
     with pytest.MonkeyPatch.context() as patch:

@@ -88,12 +88,14 @@ def insert_words(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = 
     return _insert(model, cache, tokens, h, penalty)[0]
 
 
-def _insert(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], penalty: float):
-    """``insert_words``, and the states of its result when they are known: `tokens`' own where no row got a
-    placeholder (the result is `tokens`), else None."""
+def _insert(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], penalty: float,
+            known: Optional[Tensor] = None):
+    """``insert_words``, and the states of its result where they are known: (tokens, states, known), `known`
+    a (batch,) bool of the rows whose states in `states` are their result's (the rows that got no
+    placeholder, whose tokens are unchanged). `h`, `known` in: the states of `tokens` where known, as
+    ``_complete`` takes them."""
     c = model.config
-    if h is None:
-        h = model.decode_target(cache, tokens)
+    h = _complete(model, cache, tokens, h, known)
     logits = model.placeholder_logits(h)
     if penalty:
         logits = torch.cat([logits[..., :1] + penalty, logits[..., 1:]], -1)
@@ -101,20 +103,48 @@ def _insert(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], penalt
     width = min(model.max_positions, tokens.shape[1] + int(counts.sum(1).max()))
     inserted, _ = apply_ins_masks(tokens, None, counts, c.pad_id, c.mask_id, c.eos_id, max_length=width)
     inserted = _trim(inserted, c.pad_id)
-    if not bool(inserted.eq(c.mask_id).any()):
-        return inserted, (h if torch.equal(inserted, tokens) else None)
-    return fill_words(model, cache, inserted), None
+    holes = inserted.eq(c.mask_id).any(1)
+    if not bool(holes.any()):
+        return inserted, h, torch.ones_like(holes)
+    return fill_words(model, cache, inserted), h, ~holes
+
+
+def _complete(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], known: Optional[Tensor]) -> Tensor:
+    """The states of `tokens` (batch, T, hidden), every row: where `known` (a (batch,) bool; None: every row
+    where `h` is given) they are `h`'s, states an earlier pass computed for those very tokens (rows of `h`
+    may be wider or narrower than `tokens`: what lies past a row's tokens is padding, which no edit reads);
+    the other rows get one pass over the encoder, on those rows alone. A batch's rows are independent, so
+    those rows' states are the ones a pass over the whole batch would give them."""
+    if h is None or (known is not None and not bool(known.any())):
+        return model.decode_target(cache, tokens)
+    T = tokens.shape[1]
+    if known is None or bool(known.all()):
+        return h[:, :T] if h.shape[1] >= T else torch.nn.functional.pad(h, (0, 0, 0, T - h.shape[1]))
+    todo = (~known).nonzero().squeeze(1)
+    fresh = model.decode_target(cache.select(todo), _trim(tokens[todo], model.config.pad_id))
+    out = h.new_zeros(tokens.shape[0], T, h.shape[2])
+    width = min(T, h.shape[1])
+    out[:, :width] = h[:, :width]
+    out[todo] = torch.nn.functional.pad(fresh, (0, 0, 0, T - fresh.shape[1]))
+    return out
 
 
 @torch.no_grad()
 def fill_words(model: DeerModel, cache, tokens: Tensor) -> Tensor:
-    """Replace each placeholder ([mask]) in `tokens` by the insertion classifier's word."""
+    """Replace each placeholder ([mask]) in `tokens` by the insertion classifier's word (one pass over the
+    encoder, on the rows that have a placeholder)."""
     holes = tokens.eq(model.config.mask_id)
-    if not bool(holes.any()):
+    rows = holes.any(1)
+    if not bool(rows.any()):
         return tokens
-    h = model.decode_target(cache, tokens, rows=holes)       # states and vocabulary logits only where a word goes
+    some, some_cache, some_holes = tokens, cache, holes
+    if not bool(rows.all()):                                 # the other rows' words feed nothing
+        index = rows.nonzero().squeeze(1)
+        some, some_cache = _trim(tokens[index], model.config.pad_id), cache.select(index)
+        some_holes = some.eq(model.config.mask_id)
+    h = model.decode_target(some_cache, some, rows=some_holes)   # states and logits only where a word goes
     words = torch.zeros_like(tokens)
-    words[holes] = model.to_tokens(model.vocab_logits(h)[:, 1:].argmax(-1) + 1)
+    words[holes] = model.to_tokens(model.vocab_logits(h)[:, 1:].argmax(-1) + 1)    # h[holes]'s order
     filled, _ = apply_ins_words(tokens, None, words, None, model.config.mask_id)
     return filled
 
@@ -122,21 +152,20 @@ def fill_words(model: DeerModel, cache, tokens: Tensor) -> Tensor:
 @torch.no_grad()
 def edit_once(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor] = None, deletion_penalty: float = 0.0,
               insertion_penalty: float = 0.0) -> Tensor:
-    """One edit iteration: delete, insert placeholders, fill them (three passes; two when nothing is deleted;
-    `h`: the states of `tokens`, when already computed)."""
-    return _edit(model, cache, tokens, h, deletion_penalty, insertion_penalty)[0]
+    """One edit iteration: delete, insert placeholders, fill them (three passes; fewer when nothing is deleted
+    or inserted, each on the rows it changes; `h`: the states of `tokens`, when already computed)."""
+    return _edit(model, cache, tokens, h, None, deletion_penalty, insertion_penalty)[0]
 
 
-def _edit(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], deletion_penalty: float,
-          insertion_penalty: float):
-    """``edit_once``, and the states of its result when a pass already computed them: where the iteration
-    only deleted, the placeholder pass ran on exactly the tokens it returns, so the next iteration starts
-    from those states instead of a pass of its own."""
-    if h is None:
-        h = model.decode_target(cache, tokens)
+def _edit(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], known: Optional[Tensor],
+          deletion_penalty: float, insertion_penalty: float):
+    """``edit_once``, and the states of its result where a pass already computed them: (tokens, states,
+    known) as ``_insert`` gives them. A row the deletions left alone keeps its states for the placeholder
+    pass, and a row that gets no placeholder keeps them for the next iteration: each pass runs on the rows
+    whose tokens changed since their states were computed (`h`, `known` in: as ``_complete`` takes them)."""
+    h = _complete(model, cache, tokens, h, known)
     deleted = delete_words(model, tokens, h, deletion_penalty)
-    # Nothing deleted: the same input, the same states.
-    return _insert(model, cache, deleted, h if torch.equal(deleted, tokens) else None, insertion_penalty)
+    return _insert(model, cache, deleted, h, insertion_penalty, _same(deleted, tokens, model.config.pad_id))
 
 
 @torch.no_grad()
@@ -162,22 +191,22 @@ def generate_ids(model: DeerModel, sources: Sequence[Sequence[int]], max_iter: i
         cache, tokens = ctc_draft(model, batch, blank_penalty, fused)
         fused = cache.fused
         active = torch.arange(len(index), device=device)
-        states = None                                     # of the active rows' tokens, when a pass left them
+        states = known = None                             # of the active rows' tokens, where a pass left them
         active_cache = cache                              # the source cache of the active rows (rows only leave)
         for _ in range(max_iter):
             current = _trim(tokens[active], c.pad_id)
-            if states is not None:
-                states = states[:, :current.shape[1]]
             if active_cache.mask.shape[0] != len(active):
                 active_cache = cache.select(active)
-            edited, states = _edit(model, active_cache, current, states, deletion_penalty, insertion_penalty)
+            edited, states, known = _edit(model, active_cache, current, states, known, deletion_penalty,
+                                          insertion_penalty)
             changed = ~_same(edited, current, c.pad_id)
             if edited.shape[1] > tokens.shape[1]:
                 tokens = torch.nn.functional.pad(tokens, (0, edited.shape[1] - tokens.shape[1]), value=c.pad_id)
             tokens[active] = torch.nn.functional.pad(edited, (0, tokens.shape[1] - edited.shape[1]), value=c.pad_id)
             if adaptive:
                 active = active[changed]
-                states = None if states is None else states[changed]
+                if states is not None:
+                    states, known = states[changed], known[changed]
                 if len(active) == 0:
                     break
         for row, i in enumerate(index):
