@@ -103,10 +103,16 @@ def _insert(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], penalt
     width = min(model.max_positions, tokens.shape[1] + int(counts.sum(1).max()))
     inserted, _ = apply_ins_masks(tokens, None, counts, c.pad_id, c.mask_id, c.eos_id, max_length=width)
     inserted = _trim(inserted, c.pad_id)
-    holes = inserted.eq(c.mask_id).any(1)
-    if not bool(holes.any()):
-        return inserted, h, torch.ones_like(holes)
-    return fill_words(model, cache, inserted), h, ~holes
+    holes = inserted.eq(c.mask_id)
+    rows = holes.any(1)
+    return _fill(model, cache, inserted, holes, rows), h, ~rows
+
+
+def _rows_of(model: DeerModel, cache, tokens: Tensor, rows: Tensor):
+    """(the source cache, `tokens`) of the rows where `rows` (a (batch,) bool), the tokens trimmed:
+    ``decode_target``'s first two arguments for a pass on those rows alone."""
+    index = rows.nonzero().squeeze(1)
+    return cache.select(index), _trim(tokens[index], model.config.pad_id)
 
 
 def _complete(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], known: Optional[Tensor]) -> Tensor:
@@ -118,14 +124,13 @@ def _complete(model: DeerModel, cache, tokens: Tensor, h: Optional[Tensor], know
     if h is None or (known is not None and not bool(known.any())):
         return model.decode_target(cache, tokens)
     T = tokens.shape[1]
-    if known is None or bool(known.all()):
-        return h[:, :T] if h.shape[1] >= T else torch.nn.functional.pad(h, (0, 0, 0, T - h.shape[1]))
-    todo = (~known).nonzero().squeeze(1)
-    fresh = model.decode_target(cache.select(todo), _trim(tokens[todo], model.config.pad_id))
+    if known is None or bool(known.all()):                  # every row's tokens fit in `h`
+        return h[:, :T]
+    fresh = model.decode_target(*_rows_of(model, cache, tokens, ~known))
     out = h.new_zeros(tokens.shape[0], T, h.shape[2])
     width = min(T, h.shape[1])
     out[:, :width] = h[:, :width]
-    out[todo] = torch.nn.functional.pad(fresh, (0, 0, 0, T - fresh.shape[1]))
+    out[~known] = torch.nn.functional.pad(fresh, (0, 0, 0, T - fresh.shape[1]))
     return out
 
 
@@ -134,13 +139,16 @@ def fill_words(model: DeerModel, cache, tokens: Tensor) -> Tensor:
     """Replace each placeholder ([mask]) in `tokens` by the insertion classifier's word (one pass over the
     encoder, on the rows that have a placeholder)."""
     holes = tokens.eq(model.config.mask_id)
-    rows = holes.any(1)
+    return _fill(model, cache, tokens, holes, holes.any(1))
+
+
+def _fill(model: DeerModel, cache, tokens: Tensor, holes: Tensor, rows: Tensor) -> Tensor:
+    """``fill_words`` given `tokens`' placeholders `holes` and the rows that have one, `rows`."""
     if not bool(rows.any()):
         return tokens
     some, some_cache, some_holes = tokens, cache, holes
     if not bool(rows.all()):                                 # the other rows' words feed nothing
-        index = rows.nonzero().squeeze(1)
-        some, some_cache = _trim(tokens[index], model.config.pad_id), cache.select(index)
+        some_cache, some = _rows_of(model, cache, tokens, rows)
         some_holes = some.eq(model.config.mask_id)
     h = model.decode_target(some_cache, some, rows=some_holes)   # states and logits only where a word goes
     words = torch.zeros_like(tokens)
