@@ -1,6 +1,8 @@
 """The one shape of pyprune's input errors: a ValueError that names the argument."""
 from __future__ import annotations
 
+import math
+
 
 def fail(name: str, expected: str, got) -> None:
     """Raise ``ValueError("<name>: expected <expected>, got <got>")``."""
@@ -9,7 +11,6 @@ def fail(name: str, expected: str, got) -> None:
 
 def finite_number(name: str, value) -> float:
     """`value` as a float; anything but a finite int or float (bools included) fails naming `name`."""
-    import math
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         fail(name, "a finite number", value)
     return float(value)
