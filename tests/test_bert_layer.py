@@ -286,7 +286,7 @@ def test_cached_keys_in_any_layout_give_the_same_layer(tokenizer, dtype):
         wide = [w[:, ::2] for w in wide]                                       # strided heads
         assert torch.equal(op(h, h, *wide, valid, 0, weights, 2, 1e-12)[0], expected)
         other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
-        with pytest.raises(RuntimeError, match="CPU tensors of kv_in's dtype"):
+        with pytest.raises(RuntimeError, match="CPU tensors of the rows' dtype"):
             op(h, h, prefix_k.to(other), prefix_v.to(other), valid, 0, weights, 2, 1e-12)
 
 @pytest.mark.parametrize("packed", [False, True])

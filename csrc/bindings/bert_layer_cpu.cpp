@@ -11,15 +11,11 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <c10/util/BFloat16.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
-#include "../sparse/block_sparse_core.h"
-#include "cpu_ops.h"
+#include "layer_parts.h"
 
 namespace pyprune {
 namespace layer {
@@ -27,51 +23,6 @@ namespace {
 
 constexpr int64_t kLinears = 6;  // query, key, value, attention output, FFN in, FFN out
 constexpr int64_t kWeights = 4 * kLinears + 4;
-
-struct Packed {
-  const at::Tensor &blocks, &row_ptr, &col_index, &bias;
-  int64_t out_features() const { return (row_ptr.numel() - 1) * bsr::kBlock; }
-  at::Tensor operator()(const at::Tensor& x, c10::string_view activation = "none") const {
-    return bsr::linear_op(x, blocks, row_ptr, col_index, bias, activation);
-  }
-};
-
-// at::cat({prefix, own}, 2) for (batch, heads, rows, head_dim) CPU tensors of one dtype (bert_layer checks
-// them) with contiguous features: a new contiguous tensor, filled by one copy per row.
-at::Tensor join_keys(const at::Tensor& prefix, const at::Tensor& own) {
-  if (prefix.stride(3) != 1 || own.stride(3) != 1) return at::cat({prefix, own}, 2);
-  const int64_t B = own.size(0), H = own.size(1), P = prefix.size(2), T = own.size(2), D = own.size(3);
-  at::Tensor out = at::empty({B, H, P + T, D}, own.options());
-  const int64_t bytes = D * own.element_size();
-  auto* dst = static_cast<char*>(out.data_ptr());
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t h = 0; h < H; ++h) {
-      for (const at::Tensor* part : {&prefix, &own}) {
-        const auto* src = static_cast<const char*>(part->data_ptr()) +
-                          (b * part->stride(0) + h * part->stride(1)) * part->element_size();
-        for (int64_t r = 0; r < part->size(2); ++r, dst += bytes)
-          std::memcpy(dst, src + r * part->stride(2) * part->element_size(), bytes);
-      }
-    }
-  }
-  return out;
-}
-
-// x += residual for a fresh contiguous (rows, hidden) x, the same values as at::add: float32 sums, or
-// bfloat16 ones computed in float32 and rounded to the nearest bfloat16, ties to even.
-void add_residual(at::Tensor& x, const at::Tensor& residual_in) {
-  const at::Tensor residual = residual_in.contiguous();
-  const int64_t n = x.numel();
-  if (x.scalar_type() == at::kFloat) {
-    float* y = x.data_ptr<float>();
-    const float* r = residual.data_ptr<float>();
-    for (int64_t i = 0; i < n; ++i) y[i] += r[i];
-    return;
-  }
-  c10::BFloat16* y = x.data_ptr<c10::BFloat16>();
-  const c10::BFloat16* r = residual.data_ptr<c10::BFloat16>();
-  for (int64_t i = 0; i < n; ++i) y[i] = c10::BFloat16(static_cast<float>(y[i]) + static_cast<float>(r[i]));
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bert_layer(
     const at::Tensor& kv_in, const at::Tensor& q_in, const c10::optional<at::Tensor>& prefix_k,
@@ -98,15 +49,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bert_layer(
   const int64_t D = inner / heads;
   TORCH_CHECK(prefix_k.has_value() == prefix_v.has_value(),
               "pyprune_C.bert_layer: prefix_k and prefix_v come together");
-  if (prefix_k) {
-    TORCH_CHECK(prefix_k->dim() == 4 && prefix_k->size(0) == B && prefix_k->size(1) == heads &&
-                    prefix_k->size(3) == D && prefix_v->sizes() == prefix_k->sizes(),
-                "pyprune_C.bert_layer: prefix_k and prefix_v must be (batch, heads, keys, head_dim)");
-    for (const at::Tensor* t : {&*prefix_k, &*prefix_v})
-      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == kv_in.scalar_type(),
-                  "pyprune_C.bert_layer: prefix_k and prefix_v must be CPU tensors of kv_in's dtype (",
-                  kv_in.scalar_type(), "), got ", t->scalar_type(), " on ", t->device());
-  }
+  if (prefix_k)
+    check_heads("pyprune_C.bert_layer", "prefix_k and prefix_v", *prefix_k, *prefix_v, B, heads, D,
+                kv_in.scalar_type());
 
   auto as_heads = [&](const at::Tensor& x, int64_t rows) { return x.view({B, rows, heads, D}).transpose(1, 2); };
   const at::Tensor kv_rows = kv_in.reshape({B * Tk, H});

@@ -1,5 +1,5 @@
 // The CPU implementations of pyprune_C's inference ops, callable from other ops of the extension
-// without a trip through the dispatcher (bert_layer_cpu.cpp composes them).
+// without a trip through the dispatcher (bert_layer_cpu.cpp and decoder_step_cpu.cpp compose them).
 #pragma once
 
 #include <ATen/ATen.h>

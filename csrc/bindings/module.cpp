@@ -94,6 +94,17 @@ TORCH_LIBRARY(pyprune_C, m) {
       "bert_layers(Tensor h, Tensor[] prefix_k, Tensor[] prefix_v, Tensor? key_valid, int source_rows, "
       "int last_queries, int keep_keys, Tensor[] weights, int[] heads, float[] eps) -> (Tensor, Tensor[], Tensor[])");
 
+  // Inference only: one greedy decoding step of the AR baseline's pre-LayerNorm decoder (DEER's
+  // pyprune.deer.baseline) over all its layers, on packed linears (weights: per layer, blocks, row_ptr,
+  // col_index, bias of self-attention query, key, value, output, cross-attention query, output, FFN in
+  // (GELU in its epilogue), FFN out, then the three LayerNorms' weight and bias). x: the new token's
+  // states, (batch, 1, hidden); self_k, self_v: each layer's cached keys and values (none before the first
+  // step); cross_k, cross_v: each layer's keys and values of the source under cross_valid. Returns (the
+  // token's states after the layers, each layer's keys and values with the token's appended).
+  m.def(
+      "decoder_step(Tensor x, Tensor[] self_k, Tensor[] self_v, Tensor[] cross_k, Tensor[] cross_v, "
+      "Tensor? cross_valid, Tensor[] weights, int[] heads, float[] eps) -> (Tensor, Tensor[], Tensor[])");
+
   // The ISA variant of the CPU kernels: base, avx2, avx512 or avx512bf16 (PYPRUNE_CPU_ISA caps it).
   m.def("cpu_isa() -> str", &cpu_isa_name);
 }

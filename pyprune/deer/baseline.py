@@ -6,7 +6,9 @@ embeddings for input and output (the output restricted to the same
 vocabulary as DEER's, plus [eos]). Trained with teacher forcing and label
 smoothing 0.1; decoded greedily with a key/value cache: the source is
 encoded once, cross-attention keys/values are computed once, and each step
-runs one token per row through the decoder.
+runs one token per row through the decoder: on packed weights
+(``pack_for_inference``) in one ``pyprune_C::decoder_step`` call over every
+block, as each of DEER's encoder passes is one call.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._memo import unless_recorded
+from .. import backends
 from .._validation import fail
 from ..ops import attention
 from .generate import pad_rows, sorted_batches
-from .model import encoder_pass, fused_layers
+from .model import encoder_pass, fused_layers, norm_weights, packed_weights
 
 
 class _Attention(nn.Module):
@@ -129,6 +132,30 @@ class AutoregressiveBaseline(nn.Module):
               for b in self.blocks]
         return kv, valid[:, None, None, :]
 
+    def _fused_step(self, rows: Tensor) -> Optional[tuple[list, list, list]]:
+        """(the weights, each block's heads, each block's LayerNorm eps) ``pyprune_C::decoder_step`` takes for
+        a decoding step over rows like `rows`, or None where it cannot run every block: it does where
+        ``pack_for_inference`` packed them (eight packed linears with biases a block, the GELU in the FFN's
+        first), out of training, for CPU float32/bfloat16 rows that need no gradient, with the ``cpp`` backend
+        enabled."""
+        if (self.training or not attention.kernel_usable(rows, rows, rows)
+                or not backends.has_kernel("decoder_step", "CPU")):
+            return None
+        weights, heads, eps = [], [], []
+        for block in self.blocks:
+            own, cross, ffn = block.self_attn, block.cross_attn, block.ffn
+            if own.heads != cross.heads or type(ffn[1]) is not nn.Identity:
+                return None
+            linears = packed_weights((own.q, own.k, own.v, own.o, cross.q, cross.o, ffn[0], ffn[2]), rows.dtype,
+                                     gelu=6)
+            norms = norm_weights(block.norms)
+            if linears is None or norms is None:
+                return None
+            weights += linears + norms[0]
+            heads.append(own.heads)
+            eps.append(norms[1])
+        return weights, heads, eps
+
     def forward(self, sources: Tensor, targets: Tensor, label_smoothing: float = 0.1) -> Tensor:
         """Teacher-forced loss; `targets` framed [bos] y [eos] and padded."""
         targets = targets[:, :self.max_length + 1]
@@ -157,10 +184,17 @@ class AutoregressiveBaseline(nn.Module):
             token = torch.full((len(index), 1), self.bos_id, dtype=torch.long, device=device)
             done = torch.zeros(len(index), dtype=torch.bool, device=device)
             out = []
+            fused, self_k, self_v = None, [], []
             for t in range(limit):
                 h = self._embed(token, t)
-                for block, memory_kv, cache in zip(self.blocks, kv, caches):
-                    h = block(h, memory_kv, mask, cache)
+                if t == 0:
+                    fused = self._fused_step(h)
+                if fused is not None:
+                    h, self_k, self_v = torch.ops.pyprune_C.decoder_step(
+                        h, self_k, self_v, [k for k, _ in kv], [v for _, v in kv], mask[:, 0, 0], *fused)
+                else:
+                    for block, memory_kv, cache in zip(self.blocks, kv, caches):
+                        h = block(h, memory_kv, mask, cache)
                 token = self.out_to_token[self._logits(h)[:, -1].argmax(-1)][:, None]
                 token = token.masked_fill(done[:, None], self.pad_id)
                 out.append(token)

@@ -283,22 +283,38 @@ def _fused_weights(layer: nn.Module, q_in: Tensor, mask: Tensor) -> Optional[tup
     sa, out, output = _child(layer, "attention", "self"), _child(layer, "attention", "output"), _child(layer, "output")
     linears = (sa._modules["query"], sa._modules["key"], sa._modules["value"], out._modules["dense"],
                intermediate._modules["dense"], output._modules["dense"])
+    weights = packed_weights(linears, q_in.dtype, gelu=4)
+    affine = norm_weights((out._modules["LayerNorm"], output._modules["LayerNorm"]))
+    if weights is None or affine is None:
+        return None
+    return weights + affine[0], sa.num_attention_heads, affine[1]
+
+
+def packed_weights(linears: Sequence[nn.Module], dtype: torch.dtype, gelu: int) -> Optional[list]:
+    """The (blocks, row_ptr, col_index, bias) of each of `linears` in turn, as the fused decoding ops take
+    them, or None where one is not a ``PackedLinear`` of `dtype` with a bias and whole 32-wide blocks, with
+    the GELU in its epilogue exactly for the one at index `gelu`."""
     weights = []
     for i, linear in enumerate(linears):
-        if (type(linear) is not PackedLinear or linear.activation != ("gelu" if i == 4 else "none")
+        if (type(linear) is not PackedLinear or linear.activation != ("gelu" if i == gelu else "none")
                 or linear.in_features % BLOCK or linear.out_features % BLOCK):
             return None
         buffers = linear._buffers
-        if buffers["bias"] is None or buffers["blocks"].dtype is not q_in.dtype:
+        if buffers["bias"] is None or buffers["blocks"].dtype is not dtype:
             return None
         weights += (buffers["blocks"], buffers["row_ptr"], buffers["col_index"], buffers["bias"])
-    norms = (out._modules["LayerNorm"], output._modules["LayerNorm"])
-    if any(type(n) is not nn.LayerNorm for n in norms) or norms[0].eps != norms[1].eps:
+    return weights
+
+
+def norm_weights(norms: Sequence[nn.Module]) -> Optional[tuple[list, float]]:
+    """(each of `norms`' weight and bias in turn, their one eps), or None where one is not an affine
+    ``nn.LayerNorm`` or their eps differ."""
+    if any(type(n) is not nn.LayerNorm for n in norms) or len({n.eps for n in norms}) != 1:
         return None
     affine = [n._parameters[name] for n in norms for name in ("weight", "bias")]
     if any(p is None for p in affine):
         return None
-    return weights + affine, sa.num_attention_heads, norms[0].eps
+    return affine, norms[0].eps
 
 
 def _layer_kv(layer: nn.Module, kv_in: Tensor, q_in: Tensor, prefix: Optional[tuple[Tensor, Tensor]],
