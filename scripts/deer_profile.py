@@ -19,8 +19,9 @@ the time inside the extension's encoder-layer and packed-linear calls
 layer, ``pyprune_C::bsr_linear``, timed by wrapping them) and the rest
 (Python and the small torch ops between them), the median of --rounds
 decodings; --autoregressive: the same split for RUN_DIR's
-autoregressive baseline on the packed kernel in --dtype (its attention
-kernel's calls, ``pyprune_C::masked_attention``, counted apart too).
+autoregressive baseline on the packed kernel in --dtype (its decoding
+steps' calls, ``pyprune_C::decoder_step``, and where they do not fuse its
+attention kernel's, ``pyprune_C::masked_attention``, counted apart too).
 
 --glue: the rest by function: each of DEER's decoding steps between the
 kernels (``GLUE``) timed by wrapping it, without the time of the wrapped
@@ -57,7 +58,7 @@ def count_passes(decode) -> list:
 
 
 # The extension's ops that hold a decoding's arithmetic; the split times every call of each.
-HEAVY_OPS = ("bert_layers", "bert_layer", "bsr_linear", "masked_attention")
+HEAVY_OPS = ("bert_layers", "bert_layer", "decoder_step", "bsr_linear", "masked_attention")
 
 
 def median_round(decode, patches, rounds: int, inside: dict) -> dict:
