@@ -54,7 +54,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> decoder
   for (int64_t i = 0; i < count; ++i) {
     const at::TensorList w = weights.slice(i * kWeights, kWeights);
     std::vector<Packed> linear;
-    for (int64_t j = 0; j < kLinears; ++j) linear.push_back(Packed{w[4 * j], w[4 * j + 1], w[4 * j + 2], w[4 * j + 3]});
+    for (int64_t j = 0; j < kLinears; ++j)
+      linear.push_back(Packed{w[4 * j], w[4 * j + 1], w[4 * j + 2], w[4 * j + 3]});
     const int64_t inner = linear[0].out_features();
     TORCH_CHECK(heads[i] > 0 && inner % heads[i] == 0 && linear[1].out_features() == inner &&
                     linear[2].out_features() == inner && linear[4].out_features() == inner,
@@ -78,7 +79,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> decoder
     at::Tensor attended = linear[3](context.view({B, inner}));
     add_residual(attended, x);
     const at::Tensor q = as_heads(linear[4](at::layer_norm(attended, {H}, w[34], w[35], eps[i])));
-    at::Tensor crossed = linear[5](attn::attention_op(q, cross_k[i], cross_v[i], cross_valid, 0, scale).view({B, inner}));
+    const at::Tensor crossed_context = attn::attention_op(q, cross_k[i], cross_v[i], cross_valid, 0, scale);
+    at::Tensor crossed = linear[5](crossed_context.view({B, inner}));
     add_residual(crossed, attended);
     x = linear[7](linear[6](at::layer_norm(crossed, {H}, w[36], w[37], eps[i]), "gelu"));
     add_residual(x, crossed);

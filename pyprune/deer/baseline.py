@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._memo import unless_recorded
 from .. import backends
+from .._memo import unless_recorded
 from .._validation import fail
 from ..ops import attention
 from .generate import pad_rows, sorted_batches
@@ -184,14 +184,15 @@ class AutoregressiveBaseline(nn.Module):
             token = torch.full((len(index), 1), self.bos_id, dtype=torch.long, device=device)
             done = torch.zeros(len(index), dtype=torch.bool, device=device)
             out = []
-            fused, self_k, self_v = None, [], []
+            fused, self_k, self_v = None, [], []                 # the step op's weights; its key/value caches
+            cross_k, cross_v, cross_valid = [k for k, _ in kv], [v for _, v in kv], mask[:, 0, 0]
             for t in range(limit):
                 h = self._embed(token, t)
                 if t == 0:
                     fused = self._fused_step(h)
                 if fused is not None:
-                    h, self_k, self_v = torch.ops.pyprune_C.decoder_step(
-                        h, self_k, self_v, [k for k, _ in kv], [v for _, v in kv], mask[:, 0, 0], *fused)
+                    h, self_k, self_v = torch.ops.pyprune_C.decoder_step(h, self_k, self_v, cross_k, cross_v,
+                                                                         cross_valid, *fused)
                 else:
                     for block, memory_kv, cache in zip(self.blocks, kv, caches):
                         h = block(h, memory_kv, mask, cache)
