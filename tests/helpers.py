@@ -24,3 +24,13 @@ def assert_prints_ok(code: str, **env) -> None:
 def assert_bfloat16_close(y, exact):
     """`y` (bfloat16) is `exact` rounded once: half an ulp (at most 2^-8 relative), plus float32 summation order."""
     assert bool(((y.double() - exact).abs() <= exact.abs() * 2.0 ** -8 + 1e-4).all())
+
+
+def none_switch(monkeypatch, owner, name: str):
+    """A switch over ``owner.name`` (a function that gathers a fused op's weights): switch(True) makes it
+    return None, so the code under test takes its unfused path (the reference); switch(False) restores it."""
+    original = getattr(owner, name)
+
+    def switch(on: bool) -> None:
+        monkeypatch.setattr(owner, name, (lambda *a: None) if on else original)
+    return switch

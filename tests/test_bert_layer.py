@@ -13,6 +13,7 @@ from pyprune.deer.model import (FUSED_TENSORS, _fused_weights, _layer_kv, _layer
                                 inference_copy, run_fused)
 
 import test_deer
+from helpers import none_switch
 from test_deer import SOURCES, batch, make
 
 tokenizer = test_deer.tokenizer          # the fixture, shared
@@ -25,11 +26,7 @@ DTYPES = [torch.float32, torch.bfloat16]
 @pytest.fixture
 def unfused(monkeypatch):
     """A switch: unfused(True) makes every layer run as Python ops (the reference), unfused(False) undoes it."""
-    original = deer_model._fused_weights
-
-    def switch(on: bool) -> None:
-        monkeypatch.setattr(deer_model, "_fused_weights", (lambda *a: None) if on else original)
-    return switch
+    return none_switch(monkeypatch, deer_model, "_fused_weights")
 
 
 def packed_model(tokenizer, dtype, keep=1.0):

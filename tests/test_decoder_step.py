@@ -7,6 +7,7 @@ import torch
 import transformers
 
 import test_deer
+from helpers import none_switch
 from pyprune import backends
 from pyprune.deer.baseline import AutoregressiveBaseline
 from pyprune.deer.model import inference_copy
@@ -24,11 +25,7 @@ STEP_TENSORS = 38                        # a block's weights: 8 packed linears x
 @pytest.fixture
 def unfused(monkeypatch):
     """A switch: unfused(True) makes every step run the Python blocks (the reference), unfused(False) undoes it."""
-    original = AutoregressiveBaseline._fused_step
-
-    def switch(on: bool) -> None:
-        monkeypatch.setattr(AutoregressiveBaseline, "_fused_step", (lambda *a: None) if on else original)
-    return switch
+    return none_switch(monkeypatch, AutoregressiveBaseline, "_fused_step")
 
 
 def baseline_for(deer, dtype=torch.float32, packed=True, layers=2):

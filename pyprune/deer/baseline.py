@@ -177,6 +177,7 @@ class AutoregressiveBaseline(nn.Module):
         self.eval()
         device = self.output_bias.device
         results: list = [None] * len(sources)
+        fused = None                               # the step op's weights, gathered at the first batch's first step
         for index, batch in sorted_batches(sources, batch_size, self.pad_id, device):
             limit = min(max_length or self.max_length, self.max_length, 2 * batch.shape[1] + 10)
             kv, mask = self._memory(batch)
@@ -184,11 +185,11 @@ class AutoregressiveBaseline(nn.Module):
             token = torch.full((len(index), 1), self.bos_id, dtype=torch.long, device=device)
             done = torch.zeros(len(index), dtype=torch.bool, device=device)
             out = []
-            fused, self_k, self_v = None, [], []                 # the step op's weights; its key/value caches
+            self_k, self_v = [], []                              # the step op's key/value caches
             cross_k, cross_v, cross_valid = [k for k, _ in kv], [v for _, v in kv], mask[:, 0, 0]
             for t in range(limit):
                 h = self._embed(token, t)
-                if t == 0:
+                if fused is None and t == 0:
                     fused = self._fused_step(h)
                 if fused is not None:
                     h, self_k, self_v = torch.ops.pyprune_C.decoder_step(h, self_k, self_v, cross_k, cross_v,

@@ -464,9 +464,8 @@ def ctc_greedy_draft(scores: Tensor, input_lengths: Lengths, class_map: Tensor, 
     _check_blank(blank, C)
     blank_penalty = finite_number("blank_penalty", blank_penalty)
     if blank_penalty and scores.dtype != given.dtype:     # widened for the kernel: subtract in the given dtype
-        penalised = given.clone()
-        penalised[..., blank] -= blank_penalty
-        scores, blank_penalty = _compute_dtype(penalised), 0.0
+        scores = _compute_dtype(ctc_reference.penalise_blank(given, blank, blank_penalty))
+        blank_penalty = 0.0
     if not isinstance(class_map, Tensor) or class_map.dtype != torch.long or class_map.shape != (C,):
         fail("class_map", f"an int64 tensor of shape ({C},): a token id per class",
              type(class_map).__name__ if not isinstance(class_map, Tensor)

@@ -261,10 +261,7 @@ def ctc_greedy_draft(scores: Tensor, input_lengths: Tensor, class_map: Tensor, b
                      bos: int, eos: int, pad: int, max_length: int) -> Tensor:
     """[bos] class_map[label]... [eos] rows of the greedy decoding, padded with `pad`, each row's labels cut to
     `max_length` - 2; `blank_penalty` is subtracted from the blank's score first, in the scores' dtype."""
-    if blank_penalty:
-        scores = scores.clone()
-        scores[..., blank] -= blank_penalty
-    labels, lengths = ctc_greedy_decode(scores, input_lengths, blank)
+    labels, lengths = ctc_greedy_decode(penalise_blank(scores, blank, blank_penalty), input_lengths, blank)
     lengths = lengths.clamp(max=max_length - 2)
     N = labels.shape[0]
     width = int(lengths.max()) + 2 if N else 2
@@ -273,3 +270,13 @@ def ctc_greedy_draft(scores: Tensor, input_lengths: Tensor, class_map: Tensor, b
         else torch.full_like(pos, pad)
     out = torch.where(pos == 0, bos, torch.where(pos <= lengths[:, None], body, pad))
     return out.masked_fill(pos == lengths[:, None] + 1, eos)
+
+
+def penalise_blank(scores: Tensor, blank: int, penalty: float) -> Tensor:
+    """`scores` with `penalty` subtracted from the blank's score in their own dtype (in a copy; `scores` itself
+    where the penalty is 0)."""
+    if not penalty:
+        return scores
+    scores = scores.clone()
+    scores[..., blank] -= penalty
+    return scores
